@@ -1,0 +1,228 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_UNSPECIFIED: _ClassVar[Outcome]
+    OUTCOME_APPROVED: _ClassVar[Outcome]
+    OUTCOME_DENIED: _ClassVar[Outcome]
+    OUTCOME_EXPIRED: _ClassVar[Outcome]
+    OUTCOME_ABORTED: _ClassVar[Outcome]
+
+class HoldEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HOLD_EVENT_KIND_UNSPECIFIED: _ClassVar[HoldEventKind]
+    HOLD_EVENT_KIND_OPENED: _ClassVar[HoldEventKind]
+    HOLD_EVENT_KIND_DECIDED: _ClassVar[HoldEventKind]
+    HOLD_EVENT_KIND_EXPIRED: _ClassVar[HoldEventKind]
+    HOLD_EVENT_KIND_ABORTED: _ClassVar[HoldEventKind]
+OUTCOME_UNSPECIFIED: Outcome
+OUTCOME_APPROVED: Outcome
+OUTCOME_DENIED: Outcome
+OUTCOME_EXPIRED: Outcome
+OUTCOME_ABORTED: Outcome
+HOLD_EVENT_KIND_UNSPECIFIED: HoldEventKind
+HOLD_EVENT_KIND_OPENED: HoldEventKind
+HOLD_EVENT_KIND_DECIDED: HoldEventKind
+HOLD_EVENT_KIND_EXPIRED: HoldEventKind
+HOLD_EVENT_KIND_ABORTED: HoldEventKind
+
+class Process(_message.Message):
+    __slots__ = ("pid", "tgid", "uid", "gid", "comm", "exe", "cmdline", "user", "unit", "container", "cgroup_path")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    TGID_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    COMM_FIELD_NUMBER: _ClassVar[int]
+    EXE_FIELD_NUMBER: _ClassVar[int]
+    CMDLINE_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_PATH_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    tgid: int
+    uid: int
+    gid: int
+    comm: str
+    exe: str
+    cmdline: _containers.RepeatedScalarFieldContainer[str]
+    user: str
+    unit: str
+    container: str
+    cgroup_path: str
+    def __init__(self, pid: _Optional[int] = ..., tgid: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., comm: _Optional[str] = ..., exe: _Optional[str] = ..., cmdline: _Optional[_Iterable[str]] = ..., user: _Optional[str] = ..., unit: _Optional[str] = ..., container: _Optional[str] = ..., cgroup_path: _Optional[str] = ...) -> None: ...
+
+class Destination(_message.Message):
+    __slots__ = ("ip", "port", "host", "transport")
+    IP_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    ip: str
+    port: int
+    host: str
+    transport: str
+    def __init__(self, ip: _Optional[str] = ..., port: _Optional[int] = ..., host: _Optional[str] = ..., transport: _Optional[str] = ...) -> None: ...
+
+class Detection(_message.Message):
+    __slots__ = ("detector", "data_class", "offset", "length", "preview", "fingerprint", "severity")
+    DETECTOR_FIELD_NUMBER: _ClassVar[int]
+    DATA_CLASS_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    detector: str
+    data_class: str
+    offset: int
+    length: int
+    preview: str
+    fingerprint: str
+    severity: str
+    def __init__(self, detector: _Optional[str] = ..., data_class: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., preview: _Optional[str] = ..., fingerprint: _Optional[str] = ..., severity: _Optional[str] = ...) -> None: ...
+
+class Verdict(_message.Message):
+    __slots__ = ("action", "rule", "reason")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    rule: str
+    reason: str
+    def __init__(self, action: _Optional[str] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Hold(_message.Message):
+    __slots__ = ("id", "flow_id", "process", "destination", "detections", "rule", "reason", "opened_at", "age_s", "expires_in_s", "on_timeout")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    DETECTIONS_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OPENED_AT_FIELD_NUMBER: _ClassVar[int]
+    AGE_S_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    ON_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    flow_id: str
+    process: Process
+    destination: Destination
+    detections: _containers.RepeatedCompositeFieldContainer[Detection]
+    rule: str
+    reason: str
+    opened_at: float
+    age_s: float
+    expires_in_s: float
+    on_timeout: str
+    def __init__(self, id: _Optional[str] = ..., flow_id: _Optional[str] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., destination: _Optional[_Union[Destination, _Mapping]] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ..., opened_at: _Optional[float] = ..., age_s: _Optional[float] = ..., expires_in_s: _Optional[float] = ..., on_timeout: _Optional[str] = ...) -> None: ...
+
+class Decision(_message.Message):
+    __slots__ = ("hold_id", "flow_id", "outcome", "approved", "by_uid", "by_user", "by_pid", "reason", "decided_at")
+    HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_FIELD_NUMBER: _ClassVar[int]
+    BY_UID_FIELD_NUMBER: _ClassVar[int]
+    BY_USER_FIELD_NUMBER: _ClassVar[int]
+    BY_PID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    hold_id: str
+    flow_id: str
+    outcome: Outcome
+    approved: bool
+    by_uid: int
+    by_user: str
+    by_pid: int
+    reason: str
+    decided_at: float
+    def __init__(self, hold_id: _Optional[str] = ..., flow_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., approved: _Optional[bool] = ..., by_uid: _Optional[int] = ..., by_user: _Optional[str] = ..., by_pid: _Optional[int] = ..., reason: _Optional[str] = ..., decided_at: _Optional[float] = ...) -> None: ...
+
+class HoldEvent(_message.Message):
+    __slots__ = ("kind", "hold", "decision", "time")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    HOLD_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    kind: HoldEventKind
+    hold: Hold
+    decision: Decision
+    time: float
+    def __init__(self, kind: _Optional[_Union[HoldEventKind, str]] = ..., hold: _Optional[_Union[Hold, _Mapping]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., time: _Optional[float] = ...) -> None: ...
+
+class ListPendingRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPendingResponse(_message.Message):
+    __slots__ = ("holds",)
+    HOLDS_FIELD_NUMBER: _ClassVar[int]
+    holds: _containers.RepeatedCompositeFieldContainer[Hold]
+    def __init__(self, holds: _Optional[_Iterable[_Union[Hold, _Mapping]]] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("include_pending",)
+    INCLUDE_PENDING_FIELD_NUMBER: _ClassVar[int]
+    include_pending: bool
+    def __init__(self, include_pending: _Optional[bool] = ...) -> None: ...
+
+class DecideRequest(_message.Message):
+    __slots__ = ("hold_id", "reason")
+    HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    hold_id: str
+    reason: str
+    def __init__(self, hold_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DecideResponse(_message.Message):
+    __slots__ = ("decision",)
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    decision: Decision
+    def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ...) -> None: ...
+
+class Flow(_message.Message):
+    __slots__ = ("flow_id", "process", "destination", "opened_at", "state", "verdict", "detections", "bytes_up", "bytes_down")
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    OPENED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    DETECTIONS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_UP_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DOWN_FIELD_NUMBER: _ClassVar[int]
+    flow_id: str
+    process: Process
+    destination: Destination
+    opened_at: float
+    state: str
+    verdict: Verdict
+    detections: _containers.RepeatedCompositeFieldContainer[Detection]
+    bytes_up: int
+    bytes_down: int
+    def __init__(self, flow_id: _Optional[str] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., destination: _Optional[_Union[Destination, _Mapping]] = ..., opened_at: _Optional[float] = ..., state: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ...) -> None: ...
+
+class GetFlowRequest(_message.Message):
+    __slots__ = ("flow_id",)
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    flow_id: str
+    def __init__(self, flow_id: _Optional[str] = ...) -> None: ...
+
+class ListFlowsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListFlowsResponse(_message.Message):
+    __slots__ = ("flows",)
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    flows: _containers.RepeatedCompositeFieldContainer[Flow]
+    def __init__(self, flows: _Optional[_Iterable[_Union[Flow, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,269 @@
+"""The approvals gRPC service (egressguard.v1.Approvals) and its server.
+
+Wiring: `start_approval_server(socket_path, registry, flows_provider)` starts a grpc.aio server
+on 127.0.0.1:<ephemeral> (never reachable without an identity, see below), registers the
+Approvals servicer and grpc health checking, then opens the Unix-socket front door
+(`peercred.PeerCredFrontDoor`) that labels every connection with the caller's SO_PEERCRED
+identity. Every RPC -- health included -- first maps `context.peer()` to that identity and
+refuses with UNAUTHENTICATED when there is none (a direct connection to the internal port).
+
+The servicer only translates: rules about who may decide live in `holds.HoldRegistry`, so a
+refusal here is `DecisionRefused` mapped to a status code with the registry's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from egressguard.approvals._proto import approvals_pb2 as pb
+from egressguard.approvals._proto import approvals_pb2_grpc as pb_grpc
+from egressguard.approvals.holds import (ABORTED, DECIDED, EXPIRED, OPENED, DecisionRefused,
+                                         HoldEvent, HoldRegistry, PendingHold)
+from egressguard.approvals.peercred import Identity, PeerCredFrontDoor, PeerTable
+from egressguard.model import Destination, Detection, FlowInfo, Process
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "egressguard.v1.Approvals"
+WATCH_QUEUE = 1024          # events buffered per Watch stream before it is cut off
+
+_REFUSAL_STATUS = {
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "already_decided": grpc.StatusCode.FAILED_PRECONDITION,
+    "not_approver": grpc.StatusCode.PERMISSION_DENIED,
+    "self_approval": grpc.StatusCode.PERMISSION_DENIED,
+    "empty_reason": grpc.StatusCode.INVALID_ARGUMENT,
+}
+_KIND = {
+    OPENED: pb.HOLD_EVENT_KIND_OPENED,
+    DECIDED: pb.HOLD_EVENT_KIND_DECIDED,
+    EXPIRED: pb.HOLD_EVENT_KIND_EXPIRED,
+    ABORTED: pb.HOLD_EVENT_KIND_ABORTED,
+}
+_OUTCOME = {
+    "approved": pb.OUTCOME_APPROVED,
+    "denied": pb.OUTCOME_DENIED,
+    "expired": pb.OUTCOME_EXPIRED,
+    "aborted": pb.OUTCOME_ABORTED,
+}
+_UNAUTHENTICATED = ("no identity for this connection: connect through the approvals Unix socket "
+                    "(identity comes from its peer credentials)")
+
+
+# -- model -> proto ----------------------------------------------------------------------------
+
+def process_pb(p: Process) -> pb.Process:
+    return pb.Process(pid=p.pid, tgid=p.tgid, uid=p.uid, gid=p.gid, comm=p.comm, exe=p.exe,
+                      cmdline=list(p.cmdline), user=p.user, unit=p.systemd_unit,
+                      container=p.container_id, cgroup_path=p.cgroup_path)
+
+
+def destination_pb(d: Destination) -> pb.Destination:
+    return pb.Destination(ip=d.ip, port=d.port, host=d.host, transport=d.transport)
+
+
+def detection_pb(d: Detection) -> pb.Detection:
+    """Masked preview and fingerprint only: the model never holds a raw value either."""
+    return pb.Detection(detector=d.detector, data_class=d.cls, offset=d.start,
+                        length=d.end - d.start, preview=d.preview, fingerprint=d.fingerprint,
+                        severity=d.severity)
+
+
+def hold_pb(h: PendingHold) -> pb.Hold:
+    return pb.Hold(id=h.id, flow_id=h.flow.flow_id, process=process_pb(h.flow.process),
+                   destination=destination_pb(h.flow.destination),
+                   detections=[detection_pb(d) for d in h.detections],
+                   rule=h.verdict.rule, reason=h.verdict.reason, opened_at=h.opened_at,
+                   age_s=h.age_s(), expires_in_s=0.0 if h.done else h.expires_in_s(),
+                   on_timeout=h.on_timeout)
+
+
+def decision_pb(h: PendingHold) -> pb.Decision:
+    d = h.decision
+    assert d is not None
+    return pb.Decision(hold_id=h.id, flow_id=h.flow.flow_id, outcome=_OUTCOME[h.outcome],
+                       approved=d.approved, by_uid=d.by_uid, by_user=d.by_user,
+                       by_pid=h.decided_by_pid, reason=d.reason, decided_at=h.decided_at)
+
+
+def event_pb(e: HoldEvent) -> pb.HoldEvent:
+    msg = pb.HoldEvent(kind=_KIND[e.kind], hold=hold_pb(e.hold), time=e.time)
+    if e.decision is not None:
+        msg.decision.CopyFrom(decision_pb(e.hold))
+    return msg
+
+
+def flow_pb(f: FlowInfo) -> pb.Flow:
+    msg = pb.Flow(flow_id=f.flow_id, process=process_pb(f.process),
+                  destination=destination_pb(f.destination), opened_at=f.opened_at,
+                  state=f.state.value, detections=[detection_pb(d) for d in f.detections],
+                  bytes_up=f.bytes_up, bytes_down=f.bytes_down)
+    if f.verdict is not None:
+        msg.verdict.CopyFrom(pb.Verdict(action=f.verdict.action.value, rule=f.verdict.rule,
+                                        reason=f.verdict.reason))
+    return msg
+
+
+# -- servicers ---------------------------------------------------------------------------------
+
+async def _identity(table: PeerTable, context: grpc.aio.ServicerContext) -> Identity:
+    who = table.lookup(context.peer())
+    if who is None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
+    assert who is not None
+    return who
+
+
+class ApprovalsServicer(pb_grpc.ApprovalsServicer):
+    """egressguard.v1.Approvals over a HoldRegistry and a flows provider."""
+
+    def __init__(self, registry: HoldRegistry, flows_provider: Callable[[], list[FlowInfo]],
+                 table: PeerTable) -> None:
+        self.registry = registry
+        self.flows_provider = flows_provider
+        self.table = table
+
+    async def ListPending(self, request: pb.ListPendingRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ListPendingResponse:
+        who = await _identity(self.table, context)
+        return pb.ListPendingResponse(holds=[
+            hold_pb(h) for h in self.registry.pending() if self.registry.may_view(who, h.owner_uid)])
+
+    async def Watch(self, request: pb.WatchRequest,
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.HoldEvent]:
+        who = await _identity(self.table, context)
+        queue: asyncio.Queue[pb.HoldEvent] = asyncio.Queue(maxsize=WATCH_QUEUE)
+        overflow = False
+
+        def on_event(e: HoldEvent) -> None:
+            nonlocal overflow
+            if overflow or not self.registry.may_view(who, e.hold.owner_uid):
+                return
+            try:
+                queue.put_nowait(event_pb(e))       # converted now: a snapshot of that moment
+            except asyncio.QueueFull:
+                overflow = True                     # the queue is full, so get() wakes up
+
+        # Subscribe and snapshot in one synchronous step: no event can fall between them.
+        unsubscribe = self.registry.subscribe(on_event)
+        try:
+            if request.include_pending:
+                for h in self.registry.pending():
+                    if self.registry.may_view(who, h.owner_uid):
+                        yield pb.HoldEvent(kind=pb.HOLD_EVENT_KIND_OPENED, hold=hold_pb(h),
+                                           time=time.time())
+            while not overflow:
+                item = await queue.get()
+                if overflow:
+                    break
+                yield item
+        finally:
+            unsubscribe()
+        # The stream otherwise ends only when the client goes away or the server stops. A
+        # watcher that cannot keep up is cut off loudly rather than shown a history with holes.
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            "watch stream fell too far behind; reconnect")
+
+    async def Approve(self, request: pb.DecideRequest,
+                      context: grpc.aio.ServicerContext) -> pb.DecideResponse:
+        return await self._decide(request, context, approve=True)
+
+    async def Deny(self, request: pb.DecideRequest,
+                   context: grpc.aio.ServicerContext) -> pb.DecideResponse:
+        return await self._decide(request, context, approve=False)
+
+    async def _decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext,
+                      approve: bool) -> pb.DecideResponse:
+        who = await _identity(self.table, context)
+        try:
+            self.registry.decide(request.hold_id, who, approve, request.reason)
+        except DecisionRefused as e:
+            await context.abort(_REFUSAL_STATUS.get(e.code, grpc.StatusCode.PERMISSION_DENIED),
+                                e.message)
+        hold = self.registry.get(request.hold_id)
+        assert hold is not None
+        return pb.DecideResponse(decision=decision_pb(hold))
+
+    async def GetFlow(self, request: pb.GetFlowRequest,
+                      context: grpc.aio.ServicerContext) -> pb.Flow:
+        who = await _identity(self.table, context)
+        for f in self.flows_provider():
+            if f.flow_id == request.flow_id and self.registry.may_view(who, f.process.uid):
+                return flow_pb(f)
+        # Same answer for "does not exist" and "not yours": no probing other users' flows.
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"no flow {request.flow_id!r}")
+        raise AssertionError("unreachable")
+
+    async def ListFlows(self, request: pb.ListFlowsRequest,
+                        context: grpc.aio.ServicerContext) -> pb.ListFlowsResponse:
+        who = await _identity(self.table, context)
+        return pb.ListFlowsResponse(flows=[
+            flow_pb(f) for f in self.flows_provider() if self.registry.may_view(who, f.process.uid)])
+
+
+class _HealthServicer(health.aio.HealthServicer):
+    """Standard health checking, behind the same identity gate as everything else."""
+
+    def __init__(self, table: PeerTable) -> None:
+        super().__init__()
+        self._table = table
+
+    async def Check(self, request, context):  # type: ignore[no-untyped-def]
+        await _identity(self._table, context)
+        return await super().Check(request, context)
+
+    async def Watch(self, request, context):  # type: ignore[no-untyped-def]
+        await _identity(self._table, context)
+        return await super().Watch(request, context)
+
+
+# -- server ------------------------------------------------------------------------------------
+
+class ApprovalServer:
+    """A running approvals service: the Unix socket front door plus the internal gRPC server."""
+
+    def __init__(self, socket_path: str, server: grpc.aio.Server, front: PeerCredFrontDoor,
+                 health_servicer: _HealthServicer, internal_port: int) -> None:
+        self.socket_path = socket_path
+        self.internal_port = internal_port
+        self._server = server
+        self._front = front
+        self._health = health_servicer
+        self._stopped = False
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Stop accepting, end streams and relays, remove the socket. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self._health.enter_graceful_shutdown()
+        await self._front.stop()
+        await self._server.stop(grace)
+
+
+async def start_approval_server(socket_path: str, registry: HoldRegistry,
+                                flows_provider: Callable[[], list[FlowInfo]]) -> ApprovalServer:
+    """Serve egressguard.v1.Approvals on `socket_path`; raises EnvironmentProblem when the
+    socket cannot be created or another daemon already listens there."""
+    table = PeerTable()
+    server = grpc.aio.server()
+    pb_grpc.add_ApprovalsServicer_to_server(ApprovalsServicer(registry, flows_provider, table), server)
+    health_servicer = _HealthServicer(table)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    front = PeerCredFrontDoor(socket_path, ("127.0.0.1", port), table)
+    try:
+        await front.start()
+    except BaseException:
+        await server.stop(None)
+        raise
+    log.info("approvals listening on %s", socket_path)
+    return ApprovalServer(socket_path, server, front, health_servicer, port)

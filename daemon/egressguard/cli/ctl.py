@@ -1,0 +1,394 @@
+"""egressctl: see and decide held flows, list flows, verify the audit log.
+
+    egressctl [--socket PATH] pending [--json]
+    egressctl [--socket PATH] approve HOLD_ID --reason TEXT
+    egressctl [--socket PATH] deny HOLD_ID --reason TEXT
+    egressctl [--socket PATH] watch [--json]
+    egressctl [--socket PATH] flows [--json]
+    egressctl audit verify FILE
+
+The daemon knows who you are from the socket's peer credentials; nothing here sends a user
+name. Errors are one line on stderr. Exit codes: 0 ok; 1 refused by the daemon (decision
+refused, not found, not allowed) or audit log tampered; 2 usage or local error; 3 the daemon
+cannot be reached (not running, socket missing, no permission on the socket).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn
+
+DEFAULT_SOCKET = "/run/egressguard/approvals.sock"
+RPC_TIMEOUT_S = 10.0
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class CtlError(Exception):
+    """A one-line message for stderr and the exit code that goes with it."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- connection --------------------------------------------------------------------------------
+
+def _unreachable(path: str, detail: str = "") -> CtlError:
+    """Why the socket cannot be used, found by trying it directly (errno is precise, gRPC's
+    UNAVAILABLE is not)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(path)
+    except FileNotFoundError:
+        return CtlError(f"is egressguard running? socket {path} not found", EXIT_UNREACHABLE)
+    except PermissionError:
+        return CtlError(f"permission denied on {path} (or a directory above it); ask an "
+                        "administrator, or use --socket", EXIT_UNREACHABLE)
+    except ConnectionRefusedError:
+        return CtlError(f"is egressguard running? nothing listens on {path} (stale socket)",
+                        EXIT_UNREACHABLE)
+    except OSError as e:
+        if e.errno == errno.ENOTSOCK:
+            return CtlError(f"{path} is not a socket", EXIT_UNREACHABLE)
+        return CtlError(f"cannot connect to {path}: {e.strerror or e}", EXIT_UNREACHABLE)
+    finally:
+        probe.close()
+    return CtlError(f"cannot talk to egressguard on {path}: {detail or 'unavailable'}",
+                    EXIT_UNREACHABLE)
+
+
+class Client:
+    """A thin wrapper over the generated stub that turns gRPC errors into CtlError."""
+
+    def __init__(self, path: str) -> None:
+        import grpc  # imported here so `egressctl audit verify` works without a daemon
+
+        from egressguard.approvals._proto import approvals_pb2 as pb
+        from egressguard.approvals._proto import approvals_pb2_grpc as pb_grpc
+
+        self.grpc = grpc
+        self.pb = pb
+        self.path = path
+        self.channel = grpc.insecure_channel("unix:" + os.path.abspath(path))
+        self.stub = pb_grpc.ApprovalsStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def error(self, e: Any) -> CtlError:
+        """Map a grpc.RpcError to a one-line message."""
+        code = e.code() if hasattr(e, "code") else None
+        details = (e.details() if hasattr(e, "details") else "") or str(code)
+        sc = self.grpc.StatusCode
+        if code == sc.UNAVAILABLE:
+            return _unreachable(self.path, details)
+        if code == sc.DEADLINE_EXCEEDED:
+            return CtlError(f"egressguard did not answer within {RPC_TIMEOUT_S:g}s on {self.path}",
+                            EXIT_UNREACHABLE)
+        if code == sc.UNIMPLEMENTED:
+            return CtlError(f"the daemon on {self.path} does not serve this call (version mismatch?)",
+                            EXIT_REFUSED)
+        return CtlError(details, EXIT_REFUSED)
+
+    def call(self, method: Callable[..., Any], request: Any) -> Any:
+        try:
+            return method(request, timeout=RPC_TIMEOUT_S)
+        except self.grpc.RpcError as e:
+            raise self.error(e) from None
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+def process_json(p: Any) -> dict[str, Any]:
+    return {"pid": p.pid, "exe": p.exe, "uid": p.uid, "user": p.user, "gid": p.gid,
+            "comm": p.comm, "cmdline": list(p.cmdline), "unit": p.unit, "container": p.container}
+
+
+def destination_json(d: Any) -> dict[str, Any]:
+    return {"ip": d.ip, "port": d.port, "host": d.host, "transport": d.transport}
+
+
+def detection_json(d: Any) -> dict[str, Any]:
+    """Masked preview and fingerprint only; the daemon never sends a raw value."""
+    return {"detector": d.detector, "class": d.data_class, "preview": d.preview,
+            "fingerprint": d.fingerprint, "severity": d.severity}
+
+
+def hold_json(h: Any) -> dict[str, Any]:
+    return {
+        "id": h.id,
+        "flow_id": h.flow_id,
+        "process": process_json(h.process),
+        "destination": destination_json(h.destination),
+        "detections": [detection_json(d) for d in h.detections],
+        "rule": h.rule,
+        "reason": h.reason,
+        "age_s": round(h.age_s, 3),
+        "expires_in_s": round(h.expires_in_s, 3),
+        "on_timeout": h.on_timeout,
+        "opened_at": h.opened_at,
+    }
+
+
+_OUTCOME_NAMES = {1: "approved", 2: "denied", 3: "expired", 4: "aborted"}
+_KIND_NAMES = {1: "opened", 2: "decided", 3: "expired", 4: "aborted"}
+
+
+def decision_json(d: Any) -> dict[str, Any]:
+    return {"hold_id": d.hold_id, "flow_id": d.flow_id,
+            "outcome": _OUTCOME_NAMES.get(d.outcome, "unknown"), "approved": d.approved,
+            "by_uid": d.by_uid, "by_user": d.by_user, "by_pid": d.by_pid, "reason": d.reason,
+            "decided_at": d.decided_at}
+
+
+def event_json(e: Any) -> dict[str, Any]:
+    return {"event": _KIND_NAMES.get(e.kind, "unknown"), "time": e.time, "hold": hold_json(e.hold),
+            "decision": decision_json(e.decision) if e.HasField("decision") else None}
+
+
+def flow_json(f: Any) -> dict[str, Any]:
+    return {"flow_id": f.flow_id, "state": f.state, "process": process_json(f.process),
+            "destination": destination_json(f.destination),
+            "verdict": ({"action": f.verdict.action, "rule": f.verdict.rule,
+                         "reason": f.verdict.reason} if f.HasField("verdict") else None),
+            "detections": [detection_json(d) for d in f.detections],
+            "bytes_up": f.bytes_up, "bytes_down": f.bytes_down, "opened_at": f.opened_at}
+
+
+def _duration(s: float) -> str:
+    s = int(max(0.0, s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _who(p: Any) -> str:
+    return f"{p.user or '?'} (uid {p.uid})"
+
+
+def _proc(p: Any) -> str:
+    cmd = " ".join(p.cmdline) if p.cmdline else (p.exe or p.comm or "?")
+    if len(cmd) > 80:
+        cmd = cmd[:77] + "..."
+    where = [f"unit {p.unit}"] if p.unit else []
+    if p.container:
+        where.append(f"container {p.container[:12]}")
+    return f"pid {p.pid} {cmd}" + (f" [{', '.join(where)}]" if where else "")
+
+
+def _dest(d: Any) -> str:
+    addr = f"[{d.ip}]" if ":" in d.ip else d.ip
+    return f"{d.host}:{d.port} ({d.ip})" if d.host else f"{addr}:{d.port}"
+
+
+def _data(dets: Iterable[Any]) -> str:
+    parts = [f"{d.detector} {d.preview}" for d in dets]
+    return "; ".join(parts) if parts else "(no detections: held by destination rule)"
+
+
+def hold_text(h: Any) -> str:
+    """A few lines per hold, readable at a glance: who, what process, where, which data, age."""
+    return "\n".join([
+        f"{h.id}  held {_duration(h.age_s)}, expires in {_duration(h.expires_in_s)} "
+        f"(then {h.on_timeout})  rule {h.rule}" + (f": {h.reason}" if h.reason else ""),
+        f"  who:   {_who(h.process)}, {_proc(h.process)}",
+        f"  where: {_dest(h.destination)}",
+        f"  data:  {_data(h.detections)}",
+        f"  flow:  {h.flow_id}",
+    ])
+
+
+def event_text(e: Any) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(e.time))
+    kind = _KIND_NAMES.get(e.kind, "unknown")
+    h = e.hold
+    if kind == "opened":
+        return (f"{when} opened  {h.id}  {_who(h.process)} pid {h.process.pid} "
+                f"{h.process.exe or h.process.comm} -> {_dest(h.destination)}  "
+                f"{_data(h.detections)}  (rule {h.rule}, expires in {_duration(h.expires_in_s)})")
+    d = e.decision
+    outcome = _OUTCOME_NAMES.get(d.outcome, "unknown")
+    if kind == "decided":
+        return f"{when} {outcome:<7} {h.id}  by {d.by_user} (uid {d.by_uid}): {d.reason}"
+    if kind == "expired":
+        return (f"{when} expired {h.id}  no decision in time; "
+                f"{'allowed' if d.approved else 'denied'} (on_timeout={h.on_timeout})")
+    return f"{when} aborted {h.id}  {d.reason}"
+
+
+def flows_table(flows: list[Any]) -> str:
+    rows = [("FLOW", "STATE", "USER", "PID", "PROCESS", "DESTINATION", "ACTION", "DATA", "UP/DOWN")]
+    for f in flows:
+        rows.append((
+            f.flow_id, f.state, _who(f.process), str(f.process.pid),
+            (f.process.exe or f.process.comm or "?")[-30:], _dest(f.destination),
+            f"{f.verdict.action} ({f.verdict.rule})" if f.HasField("verdict") else "-",
+            ",".join(sorted({d.detector for d in f.detections})) or "-",
+            f"{f.bytes_up}/{f.bytes_down}",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _print_json(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, sort_keys=True), flush=True)
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+def cmd_pending(args: argparse.Namespace, client: Client) -> int:
+    holds = client.call(client.stub.ListPending, client.pb.ListPendingRequest()).holds
+    if args.json:
+        for h in holds:
+            _print_json(hold_json(h))
+    elif not holds:
+        print("no pending holds")
+    else:
+        print("\n\n".join(hold_text(h) for h in holds))
+    return EXIT_OK
+
+
+def _decide(args: argparse.Namespace, client: Client, approve: bool) -> int:
+    if not args.reason.strip():
+        raise CtlError("--reason must not be empty: say why (it goes to the audit log)", EXIT_USAGE)
+    request = client.pb.DecideRequest(hold_id=args.hold_id, reason=args.reason)
+    method = client.stub.Approve if approve else client.stub.Deny
+    d = client.call(method, request).decision
+    verb = "approved" if approve else "denied"
+    print(f"{verb} {d.hold_id} (flow {d.flow_id}) as {d.by_user} (uid {d.by_uid}): {d.reason}")
+    return EXIT_OK
+
+
+def cmd_approve(args: argparse.Namespace, client: Client) -> int:
+    return _decide(args, client, approve=True)
+
+
+def cmd_deny(args: argparse.Namespace, client: Client) -> int:
+    return _decide(args, client, approve=False)
+
+
+def cmd_watch(args: argparse.Namespace, client: Client) -> int:
+    stream = client.stub.Watch(client.pb.WatchRequest(include_pending=True))
+    try:
+        for e in stream:
+            if args.json:
+                _print_json(event_json(e))
+            else:
+                print(event_text(e), flush=True)
+    except client.grpc.RpcError as e:
+        if e.code() in (client.grpc.StatusCode.CANCELLED, client.grpc.StatusCode.UNAVAILABLE):
+            # Only the daemon ends a watch (Ctrl-C is KeyboardInterrupt): it stopped or restarted.
+            raise CtlError(f"egressguard ended the watch stream ({e.details() or e.code().name})",
+                           EXIT_UNREACHABLE) from None
+        raise client.error(e) from None
+    finally:
+        stream.cancel()
+    raise CtlError("egressguard ended the watch stream", EXIT_UNREACHABLE)
+
+
+def cmd_flows(args: argparse.Namespace, client: Client) -> int:
+    flows = list(client.call(client.stub.ListFlows, client.pb.ListFlowsRequest()).flows)
+    if args.json:
+        for f in flows:
+            _print_json(flow_json(f))
+    elif not flows:
+        print("no flows")
+    else:
+        print(flows_table(flows))
+    return EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Check the hash chain of an audit log (no daemon needed)."""
+    try:
+        from egressguard.audit.verify import verify
+    except ImportError as e:
+        raise CtlError(f"audit verify is not available in this installation: {e}", EXIT_USAGE)
+    if not os.path.exists(args.file):
+        raise CtlError(f"no such file: {args.file}", EXIT_USAGE)
+    result = verify(args.file)
+    if result.ok:
+        print(f"OK: {result.events} events, chain intact")
+        return EXIT_OK
+    print(f"TAMPERED: line {result.line}: {result.message}")
+    return EXIT_REFUSED
+
+
+# -- main --------------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """Usage errors as one line (plus the usage line argparse prints), exit 2."""
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"egressctl: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="egressctl", description="Approve or deny flows held by egressguard.",
+                epilog="exit codes: 0 ok, 1 refused or tampered, 2 usage, 3 daemon unreachable")
+    p.add_argument("--socket", default=os.environ.get("EGRESSCTL_SOCKET", DEFAULT_SOCKET),
+                   help="approvals socket (default: $EGRESSCTL_SOCKET or %(default)s)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=_Parser)
+
+    sp = sub.add_parser("pending", help="list held flows waiting for a decision")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.set_defaults(func=cmd_pending)
+
+    for name, func, verb in (("approve", cmd_approve, "let the held flow's bytes go out"),
+                             ("deny", cmd_deny, "reset the held flow; the destination gets nothing")):
+        sp = sub.add_parser(name, help=verb)
+        sp.add_argument("hold_id", metavar="HOLD_ID")
+        sp.add_argument("--reason", required=True, help="why (required; goes to the audit log)")
+        sp.set_defaults(func=func)
+
+    sp = sub.add_parser("watch", help="stream hold events (pending ones first) until interrupted")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.set_defaults(func=cmd_watch)
+
+    sp = sub.add_parser("flows", help="list the flows the proxy knows about")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.set_defaults(func=cmd_flows)
+
+    sp = sub.add_parser("audit", help="audit log tools")
+    asub = sp.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND",
+                             parser_class=_Parser)
+    vp = asub.add_parser("verify", help="check the hash chain of an audit log file")
+    vp.add_argument("file", metavar="FILE")
+    vp.set_defaults(func=cmd_audit_verify, local=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if getattr(args, "local", False):
+            return args.func(args)
+        client = Client(args.socket)
+        try:
+            return args.func(args, client)
+        finally:
+            client.close()
+    except CtlError as e:
+        print(f"egressctl: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:            # `egressctl watch | head`
+        sys.stderr.close()
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

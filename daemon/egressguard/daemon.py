@@ -1,0 +1,187 @@
+"""Wiring and signals only: build the parts, start them in a safe order, stop them in reverse.
+
+Start order matters for safety: the audit log first (so nothing is decided unrecorded), then the
+approval service, then the proxy's listeners, and only then the probes, so that the first
+redirected connection already finds a proxy to land on. `egressguard ready` is printed last.
+On stop the probes go first (no new flows), then held flows are aborted (their clients reset,
+their destinations get nothing), then the listeners, then the audit log is flushed and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from egressguard import __version__
+from egressguard.config import Config, load_config
+from egressguard.errors import EnvironmentProblem
+from egressguard.events import EventBus, audit_record
+from egressguard.model import Destination
+from egressguard.policy.evaluate import Policy
+from egressguard.proxy import GuardProxy, Origin, ProxyLimits
+from egressguard.scan.engine import ScanEngine
+from egressguard.scan.mask import mask_span
+from egressguard.scan.pack import all_detectors, enabled_detectors
+
+log = logging.getLogger("egressguard.daemon")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A validated configuration with everything compiled from it."""
+
+    config: Config
+    policy: Policy
+    engine: ScanEngine
+
+
+def parse_config(path: str) -> Config:
+    """Parse and validate the policy and its detector packs. Raises ConfigError listing every
+    problem (policy and detectors together), so `check` and `run` report the same things."""
+    return load_config(path, known_detectors=lambda dcfg: [d.id for d in all_detectors(dcfg)])
+
+
+def compile_config(config: Config, fingerprint_key: bytes) -> Loaded:
+    """Compile the detectors into one Hyperscan database and the rules into a Policy."""
+    engine = ScanEngine(enabled_detectors(config.detectors), fingerprint_key)
+    return Loaded(config, Policy.from_config(config), engine)
+
+
+def load_everything(path: str) -> Loaded:
+    """Everything `egressguard check` validates (with a throw-away fingerprint key)."""
+    return compile_config(parse_config(path), bytes(32))
+
+
+async def run_daemon(path: str) -> int:
+    """`egressguard run`: returns the exit code."""
+    from egressguard.approvals.holds import HoldRegistry
+    from egressguard.approvals.service import start_approval_server
+    from egressguard.audit.keys import load_or_create_key
+    from egressguard.audit.writer import AuditLog
+    from egressguard.kernel.cgroup import cgroup2_mount
+    from egressguard.kernel.identity import process_identity
+    from egressguard.kernel.preflight import check_environment
+
+    config = parse_config(path)              # validate before touching anything
+    check_environment(config.scope.cgroup)
+    loaded = compile_config(config, load_or_create_key(config.state_dir))
+    mount = cgroup2_mount()
+
+    audit = AuditLog(config.audit.path)
+    await audit.start()
+    bus = EventBus()
+    bus.subscribe(lambda event, flow, fields: audit.append(audit_record(event, flow, fields)))
+    bus.subscribe(_log_event)
+
+    proxy: GuardProxy | None = None
+
+    def on_hold_event(kind: str, fields: dict[str, Any]) -> None:
+        flow = proxy.flows.get(fields.get("flow_id") or "") if proxy else None
+        rest = {k: v for k, v in fields.items() if k not in ("flow_id", "process", "destination")}
+        bus.emit(kind, flow, rest) if flow else bus.emit(kind, None, dict(fields))
+
+    # Approver names were resolved to uids when the policy was loaded: decide by uid.
+    registry = HoldRegistry([f"uid:{ref.uid}" for ref in config.approvals.approvers],
+                            config.approvals.timeout,
+                            config.approvals.on_timeout, on_hold_event)
+
+    from egressguard.kernel.probes import GuardProbes
+    probes = GuardProbes(
+        cgroup_path=mount + config.scope.cgroup,
+        proxy4=config.proxy.listen, proxy6=config.proxy.listen6,
+        bypass=list(config.proxy.bypass), udp_mode=config.proxy.udp,
+        exempt_mark=config.proxy.mark, dns_ports=tuple(config.proxy.dns_ports),
+        on_event=lambda ev: bus.emit("udp.refused", None, _udp_fields(ev)))
+
+    def lookup_origin(ip: str, port: int) -> Origin | None:
+        rec = probes.lookup_origin(ip, port)
+        if rec is None:
+            return None
+        return Origin(Destination(rec.dst_ip, rec.dst_port), process_identity(rec, mount))
+
+    proxy = GuardProxy(
+        listen4=config.proxy.listen, listen6=config.proxy.listen6,
+        lookup_origin=lookup_origin, engine_provider=lambda: loaded.engine,
+        policy_provider=lambda: loaded.policy, masker=mask_span, holds=registry, bus=bus,
+        mark=config.proxy.mark,
+        limits=ProxyLimits(max_held_bytes=config.proxy.max_held_bytes,
+                           sniff_timeout=config.proxy.sniff_timeout))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    server = None
+    attached = False
+    poller: asyncio.Task[None] | None = None
+    try:
+        try:
+            server = await start_approval_server(config.approvals.socket, registry,
+                                                 proxy.all_flows)
+        except OSError as exc:
+            raise EnvironmentProblem(
+                f"cannot serve approvals on {config.approvals.socket}: {exc.strerror or exc}")
+        try:
+            await proxy.start()
+        except OSError as exc:
+            raise EnvironmentProblem(
+                f"cannot listen on {config.proxy.listen[0]}:{config.proxy.listen[1]} "
+                f"(proxy.listen): {exc.strerror or exc}; is another egressguard running, or "
+                "pick another port")
+        await asyncio.to_thread(probes.attach)
+        attached = True
+        poller = asyncio.create_task(_poll_probes(probes))
+        bus.emit("daemon.start", None, {
+            "version": __version__, "config": os.path.abspath(path),
+            "cgroup": config.scope.cgroup, "pid": os.getpid(),
+            "detectors": len(loaded.engine.detector_ids), "rules": len(config.rules)})
+        await audit.flush()
+        print("egressguard ready", flush=True)
+        log.info("ready cgroup=%s proxy=%s:%d approvals=%s", config.scope.cgroup,
+                 config.proxy.listen[0], config.proxy.listen[1], config.approvals.socket)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        if attached:
+            probes.detach()
+        if poller is not None:
+            poller.cancel()
+        registry.close("egressguard is stopping")
+        await proxy.stop()
+        if server is not None:
+            await server.stop()
+        bus.emit("daemon.stop", None, {"pid": os.getpid()})
+        await audit.close()
+    return 0
+
+
+async def _poll_probes(probes: Any) -> None:
+    """Drain the probes' event buffer (UDP refusals) a few times a second."""
+    while True:
+        try:
+            probes.poll_events(0)
+        except Exception:  # noqa: BLE001
+            log.exception("probe event poll failed")
+        await asyncio.sleep(0.2)
+
+
+def _udp_fields(ev: Any) -> dict[str, Any]:
+    fields = dict(vars(ev)) if hasattr(ev, "__dict__") else {"event": str(ev)}
+    return {"udp": {k: (v.decode(errors="replace") if isinstance(v, bytes) else v)
+                    for k, v in fields.items()}}
+
+
+def _log_event(event: str, flow: Any, fields: dict[str, Any]) -> None:
+    if event in ("flow.open", "flow.close") and not log.isEnabledFor(logging.DEBUG):
+        return
+    fid = flow.flow_id if flow is not None else "-"
+    dest = f"{flow.destination.ip}:{flow.destination.port}" if flow is not None else "-"
+    verdict = fields.get("verdict") or {}
+    log.info("event=%s flow=%s dest=%s action=%s rule=%s", event, fid, dest,
+             verdict.get("action", "-"), verdict.get("rule", "-"))
+

@@ -1,0 +1,387 @@
+"""The transparent proxy: sockets only. Every decision is the relay's (relay.py).
+
+The probes rewrite a guarded process's connect() to land here. On accept the proxy asks the
+kernel maps for the original destination and the process (keyed by the client's address and
+port, as the proxy sees it as its peer), builds a `Relay`, and then just moves bytes:
+client -> relay -> upstream for what the relay releases, upstream -> client untouched.
+
+Backpressure: the client is read only while the relay can take more (upstream drained, or the
+held buffer below its cap); the upstream is read only while the client drains. Reads are large
+(256 KiB) and the relay forwards slices of one buffer, because per-chunk copies and small reads
+are what make an asyncio relay slow (a naive one measured 0.2-0.4x of direct here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import ipaddress
+import itertools
+import logging
+import socket
+import struct
+import termios
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .events import EventBus
+from .model import Decision, Destination, FlowInfo, FlowState, Process
+from .relay import (ConnectUpstream, Emit, HalfCloseUpstream, Hold, Phase, Relay, Reset,
+                    SendUpstream)
+
+log = logging.getLogger("egressguard.proxy")
+
+READ_SIZE = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ProxyLimits:
+    """Bounds that keep hostile clients from hurting the daemon."""
+
+    max_held_bytes: int = 16 * 1024 * 1024   # per flow, while held / connecting / sniffing
+    sniff_timeout: float = 1.0               # wait this long for SNI/Host when a rule needs it
+    partial_wait: float = 0.5                # pause after which a partial-match tail is settled
+    connect_timeout: float = 10.0
+    max_flows: int = 4096
+
+
+@dataclass(frozen=True)
+class Origin:
+    """What the kernel recorded at connect(): where the process wanted to go, and who it is."""
+
+    destination: Destination
+    process: Process
+
+
+OriginLookup = Callable[[str, int], Origin | None]
+
+
+class GuardProxy:
+    """Accepts redirected connections and runs one `FlowHandler` per connection."""
+
+    def __init__(self, *, listen4: tuple[str, int], listen6: tuple[str, int] | None,
+                 lookup_origin: OriginLookup, engine_provider: Callable[[], Any],
+                 policy_provider: Callable[[], Any], masker: Callable[[bytes, str], bytes],
+                 holds: Any, bus: EventBus, mark: int, limits: ProxyLimits):
+        self.listen4, self.listen6 = listen4, listen6
+        self.lookup_origin = lookup_origin
+        self.engine_provider = engine_provider
+        self.policy_provider = policy_provider
+        self.masker = masker
+        self.holds = holds
+        self.bus = bus
+        self.mark = mark
+        self.limits = limits
+        self.flows: dict[str, FlowInfo] = {}
+        self.recent: deque[FlowInfo] = deque(maxlen=500)
+        self._servers: list[asyncio.base_events.Server] = []
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+        self._boot = f"{int(time.time()):x}"
+
+    async def start(self) -> None:
+        """Listen on the proxy addresses. Raises OSError (e.g. address in use) for the caller to
+        turn into a clear message."""
+        self._servers.append(await asyncio.start_server(
+            self._accept, self.listen4[0], self.listen4[1], reuse_address=True,
+            limit=READ_SIZE, backlog=1024))
+        if self.listen6:
+            self._servers.append(await asyncio.start_server(
+                self._accept, self.listen6[0], self.listen6[1], reuse_address=True,
+                limit=READ_SIZE, backlog=1024, family=socket.AF_INET6))
+
+    async def stop(self) -> None:
+        for srv in self._servers:
+            srv.close()
+        for task in list(self._handlers):
+            task.cancel()
+        if self._handlers:
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+        for srv in self._servers:
+            with contextlib.suppress(Exception):
+                await srv.wait_closed()
+
+    def all_flows(self) -> list[FlowInfo]:
+        """Open flows first, then recently closed ones (for `egressctl flows`)."""
+        return list(self.flows.values()) + list(reversed(self.recent))
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            if len(self.flows) >= self.limits.max_flows:
+                self.bus.emit("proxy.refused", None, {"reason": "too many open flows"})
+                _abort(writer)
+                return
+            await FlowHandler(self, reader, writer).run()
+        except Exception:  # noqa: BLE001 - one bad flow must never take the daemon down
+            log.exception("flow handler failed")
+            _abort(writer)
+        finally:
+            self._handlers.discard(task)
+
+    def new_flow_id(self) -> str:
+        return f"f-{self._boot}-{next(self._ids)}"
+
+
+class FlowHandler:
+    """Runs one flow: executes relay commands, pumps both directions."""
+
+    def __init__(self, proxy: GuardProxy, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter):
+        self.proxy = proxy
+        self.limits = proxy.limits
+        self.c_reader, self.c_writer = reader, writer
+        self.u_reader: asyncio.StreamReader | None = None
+        self.u_writer: asyncio.StreamWriter | None = None
+        self.relay: Relay | None = None
+        self.flow: FlowInfo | None = None
+        self.closed = asyncio.Event()
+        self.wakeup = asyncio.Event()          # relay state changed (decision, upstream ready)
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.hold_id: str | None = None
+        self.reset_reason: str | None = None
+        self._last_data = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+
+    # ------------------------------------------------------------------ life cycle
+    async def run(self) -> None:
+        peer = self.c_writer.get_extra_info("peername")
+        origin = await self._find_origin(peer[0], peer[1])
+        if origin is None:
+            # Not redirected by our probes (someone connected to the proxy directly): we do not
+            # know where it wanted to go, so it goes nowhere.
+            self.proxy.bus.emit("proxy.unknown_origin", None,
+                                {"peer": {"ip": peer[0], "port": peer[1]}})
+            _abort(self.c_writer)
+            return
+        engine = self.proxy.engine_provider()
+        self.flow = FlowInfo(self.proxy.new_flow_id(), origin.process, origin.destination,
+                             time.time())
+        self.relay = Relay(self.flow, self.proxy.policy_provider(), engine.open_stream(),
+                           self.proxy.masker)
+        self.proxy.flows[self.flow.flow_id] = self.flow
+        try:
+            self.execute(self.relay.start())
+            if self.relay.phase is Phase.SNIFFING:
+                self._later(self.limits.sniff_timeout,
+                            lambda: self.execute(self.relay.sniff_timeout()))
+            await self._pump_client()
+            await self._wait_until_done()
+        except asyncio.CancelledError:
+            self.execute(self.relay.abort("egressguard is stopping"))
+            raise
+        except (ConnectionError, OSError) as exc:
+            self.execute(self.relay.abort(f"client connection error: {exc.__class__.__name__}"))
+        finally:
+            self._cleanup()
+
+    async def _find_origin(self, ip: str, port: int) -> Origin | None:
+        # The sockops entry is written when the client's handshake completes, before the proxy
+        # can accept; a couple of short retries only cover scheduling noise.
+        ip = _unmap(ip)
+        for delay in (0, 0.001, 0.005, 0.02):
+            if delay:
+                await asyncio.sleep(delay)
+            origin = self.proxy.lookup_origin(ip, port)
+            if origin is not None:
+                return origin
+        return None
+
+    async def _pump_client(self) -> None:
+        """Read the client while the relay can take more; feed it; honour backpressure."""
+        assert self.relay is not None
+        relay = self.relay
+        while relay.phase is not Phase.CLOSED:
+            if relay.phase is not Phase.FORWARDING and len(relay.pending) >= self.limits.max_held_bytes:
+                # Held (or not yet connected) and the buffer is full: stop reading; TCP
+                # backpressure makes the client wait.
+                self.wakeup.clear()
+                await self.wakeup.wait()
+                continue
+            data = await self.c_reader.read(READ_SIZE)
+            if not data:
+                self.execute(relay.client_eof())
+                return
+            self._last_data = asyncio.get_running_loop().time()
+            self.execute(relay.client_data(data))
+            if relay.pending and self._client_drained():
+                # The client has nothing more in flight right now: it may be waiting for an
+                # answer, so release what cannot be the start of a secret (see flush_idle).
+                self.execute(relay.client_idle(final=False))
+            if relay.pending and self._idle_timer is None:
+                self._idle_timer = asyncio.get_running_loop().call_later(
+                    self.limits.partial_wait, self._on_idle)
+            if self.u_writer is not None and relay.phase is Phase.FORWARDING:
+                await self.u_writer.drain()
+
+    async def _wait_until_done(self) -> None:
+        await self.closed.wait()
+
+    def _client_drained(self) -> bool:
+        """True when neither the stream buffer nor the kernel holds more bytes from the client.
+        (StreamReader has no public "buffered" accessor; `_buffer` is stable in CPython.)"""
+        if getattr(self.c_reader, "_buffer", b""):
+            return False
+        sock = self.c_writer.get_extra_info("socket")
+        if sock is None:
+            return True
+        try:
+            return fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0") == b"\0\0\0\0"
+        except OSError:
+            return True
+
+    def _on_idle(self) -> None:
+        """The client paused longer than `partial_wait` with bytes still held back: settle the
+        tail so request/response protocols never deadlock on the hold-back window."""
+        self._idle_timer = None
+        relay = self.relay
+        if relay is None or relay.phase is Phase.CLOSED or not relay.pending:
+            return
+        loop = asyncio.get_running_loop()
+        idle_for = loop.time() - self._last_data
+        if idle_for + 1e-3 < self.limits.partial_wait:
+            self._idle_timer = loop.call_later(self.limits.partial_wait - idle_for, self._on_idle)
+            return
+        self.execute(relay.client_idle(final=True))
+
+    # ------------------------------------------------------------------ commands
+    def execute(self, commands: list[Any]) -> None:
+        for cmd in commands:
+            if isinstance(cmd, SendUpstream):
+                assert self.u_writer is not None
+                self.u_writer.write(cmd.data)
+            elif isinstance(cmd, Emit):
+                self.proxy.bus.emit(cmd.event, self.flow, cmd.fields)
+            elif isinstance(cmd, ConnectUpstream):
+                self._spawn(self._connect_upstream())
+            elif isinstance(cmd, HalfCloseUpstream):
+                if self.u_writer is not None and self.u_writer.can_write_eof():
+                    with contextlib.suppress(OSError):
+                        self.u_writer.write_eof()
+            elif isinstance(cmd, Hold):
+                self._spawn(self._hold(cmd))
+            elif isinstance(cmd, Reset):
+                self.reset_reason = cmd.reason
+                self._reset_both()
+        self.wakeup.set()
+
+    async def _connect_upstream(self) -> None:
+        assert self.flow is not None and self.relay is not None
+        dest = self.flow.destination
+        family = socket.AF_INET6 if ipaddress.ip_address(dest.ip).version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            # The mark tells our probes not to redirect this socket (the daemon may itself run
+            # inside a guarded cgroup's parent slice).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.proxy.mark)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (dest.ip, dest.port)),
+                                   self.limits.connect_timeout)
+            self.u_reader, self.u_writer = await asyncio.open_connection(sock=sock, limit=READ_SIZE)
+        except (OSError, asyncio.TimeoutError) as exc:
+            sock.close()
+            self.proxy.bus.emit("flow.upstream_error", self.flow,
+                                {"error": f"{exc.__class__.__name__}: {exc}"})
+            self.execute(self.relay.abort("upstream unreachable"))
+            return
+        self.execute(self.relay.upstream_connected())
+        self._spawn(self._pump_upstream())
+
+    async def _pump_upstream(self) -> None:
+        """Server -> client: relayed untouched, with backpressure; half-close propagates."""
+        assert self.u_reader is not None and self.flow is not None
+        try:
+            while True:
+                data = await self.u_reader.read(READ_SIZE)
+                if not data:
+                    if self.c_writer.can_write_eof():
+                        with contextlib.suppress(OSError):
+                            self.c_writer.write_eof()
+                    break
+                self.flow.bytes_down += len(data)
+                self.c_writer.write(data)
+                await self.c_writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if self.relay is not None and self.relay.client_done or self.reset_reason:
+                self.closed.set()
+            else:
+                # The server closed first: the client may still be sending; end when it does.
+                self._spawn(self._close_when_client_done())
+
+    async def _close_when_client_done(self) -> None:
+        while self.relay is not None and not self.relay.client_done and not self.reset_reason:
+            self.wakeup.clear()
+            await self.wakeup.wait()
+        self.closed.set()
+
+    async def _hold(self, cmd: Hold) -> None:
+        assert self.flow is not None and self.relay is not None
+        pending = self.proxy.holds.open(self.flow, cmd.verdict, list(cmd.detections))
+        self.hold_id = pending.id
+        decision: Decision = await pending.wait()
+        self.hold_id = None
+        self.execute(self.relay.decided(decision))
+
+    def _reset_both(self) -> None:
+        _abort(self.c_writer)
+        if self.u_writer is not None:
+            _abort(self.u_writer)
+        self.closed.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _later(self, delay: float, fn: Callable[[], None]) -> None:
+        self._timers.append(asyncio.get_running_loop().call_later(delay, fn))
+
+    def _cleanup(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        for handle in self._timers:
+            handle.cancel()
+        if self.hold_id is not None:
+            self.proxy.holds.cancel(self.hold_id, "client connection closed")
+        for task in list(self.tasks):
+            task.cancel()
+        if self.u_writer is not None:
+            self.u_writer.close()
+        self.c_writer.close()
+        if self.flow is not None:
+            flow = self.flow
+            if flow.state not in (FlowState.BLOCKED, FlowState.DENIED, FlowState.EXPIRED):
+                flow.state = FlowState.CLOSED
+            self.proxy.bus.emit("flow.close", flow, {
+                "bytes_up": flow.bytes_up, "bytes_down": flow.bytes_down,
+                "state": flow.state.value, "reset": self.reset_reason,
+                "duration_s": round(time.time() - flow.opened_at, 3)})
+            self.proxy.flows.pop(flow.flow_id, None)
+            self.proxy.recent.append(flow)
+
+
+def _unmap(ip: str) -> str:
+    """'::ffff:127.0.0.1' -> '127.0.0.1' (a v4-mapped peer on a dual-stack listener)."""
+    if ip.startswith("::ffff:") and "." in ip:
+        return ip[7:]
+    return ip
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    """Close with RST, not FIN: the peer must see the connection fail, not a clean end."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+

@@ -1,0 +1,319 @@
+"""The data path of one flow, without I/O: client bytes in -> scan -> verdict -> commands out.
+
+mitmproxy/h11 style: the proxy feeds events (`start`, `client_data`, `client_eof`,
+`client_idle`, `upstream_connected`, `decided`) and executes the commands that come back
+(`ConnectUpstream`, `SendUpstream`, `HalfCloseUpstream`, `Hold`, `Reset`, `Emit`). Every rule of
+enforcement lives here, so it is tested by feeding bytes and reading commands, no sockets.
+
+The one invariant that matters: a byte goes out in `SendUpstream` only after the scanner has
+declared it safe (`ScanStream.safe_offset`) and the policy has allowed the flow. Bytes that could
+still be part of a secret stay in `pending` (the hold-back window); a held flow keeps everything
+it receives (bounded by the proxy's buffer cap) until a human decides.
+
+Client -> server bytes are scanned; server -> client bytes are relayed by the proxy untouched.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .model import Action, Decision, Destination, Detection, FlowInfo, FlowState, Verdict
+from .sniff import MAX_SNIFF_BYTES, NEED_MORE, sniff_host
+
+
+# ---------------------------------------------------------------------------- commands
+@dataclass(frozen=True)
+class ConnectUpstream:
+    """Open the connection to the original destination (now that the policy allows it)."""
+
+
+@dataclass(frozen=True)
+class SendUpstream:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class HalfCloseUpstream:
+    """The client finished sending and every byte it sent has been forwarded."""
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Ask a human. The proxy opens a hold and later calls `Relay.decided(decision)`."""
+
+    verdict: Verdict
+    detections: tuple[Detection, ...]
+
+
+@dataclass(frozen=True)
+class Reset:
+    """Abort both sides: the client sees a reset, the destination gets nothing more."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Emit:
+    """A flow event for the listeners (audit log, flow table, metrics)."""
+
+    event: str
+    fields: dict[str, Any]
+
+
+Command = ConnectUpstream | SendUpstream | HalfCloseUpstream | Hold | Reset | Emit
+
+
+# ---------------------------------------------------------------------------- collaborators
+class ScanStreamLike(Protocol):
+    safe_offset: int
+
+    def feed(self, data: bytes) -> list[Detection]: ...
+
+    def close(self) -> list[Detection]: ...
+
+    def flush_idle(self, final: bool) -> list[Detection]: ...
+
+
+class PolicyLike(Protocol):
+    needs_host: bool
+
+    def decide_connect(self, process: Any, dest: Destination) -> Any: ...
+
+    def decide_content(self, cd: Any, detections: list[Detection]) -> Any: ...
+
+
+def mask_detection(buf: bytearray, offset: int, det: Detection, masker: Any) -> None:
+    """Rewrite a detection's bytes in `buf` (which starts at absolute `offset`) in place."""
+    lo, hi = det.start - offset, det.end - offset
+    buf[lo:hi] = masker(bytes(buf[lo:hi]), det.detector)
+
+
+class Phase(str, enum.Enum):
+    SNIFFING = "sniffing"          # waiting for SNI/Host before the connect-time decision
+    CONNECTING = "connecting"      # allowed, upstream not connected yet
+    FORWARDING = "forwarding"
+    HELD = "held"
+    CLOSED = "closed"
+
+
+_STRENGTH = {Action.ALLOW: 0, Action.MASK: 1, Action.HOLD: 2, Action.BLOCK: 3}
+
+
+@dataclass
+class Relay:
+    """One flow's client->server path. Create one per accepted connection."""
+
+    flow: FlowInfo
+    policy: PolicyLike
+    stream: ScanStreamLike
+    masker: Any                       # scan.mask.mask_span
+    phase: Phase = Phase.SNIFFING
+    pending: bytearray = field(default_factory=bytearray)   # received, not yet forwarded
+    forwarded: int = 0                # absolute offset of pending[0]
+    received: int = 0
+    approved_by: Decision | None = None
+    hold_open: bool = False
+    client_done: bool = False
+    upstream_open: bool = False
+    half_closed: bool = False
+    _sniffed: str | None = None       # the host name found ("" for none), None while looking
+    _sniff_buf: bytearray = field(default_factory=bytearray)
+    _connect_decision: Any = None
+
+    # ------------------------------------------------------------------ events
+    def start(self) -> list[Command]:
+        """The connection was accepted and its process and destination are known."""
+        out: list[Command] = [Emit("flow.open", {})]
+        if self.policy.needs_host:
+            self.phase = Phase.SNIFFING
+            return out
+        return out + self._decide_connect()
+
+    def sniff_timeout(self) -> list[Command]:
+        """The client sent nothing naming a host in time (e.g. a server-speaks-first protocol)."""
+        if self.phase is not Phase.SNIFFING:
+            return []
+        return self._decide_then_scan_pending()
+
+    def client_data(self, data: bytes) -> list[Command]:
+        if self.phase is Phase.CLOSED or not data:
+            return []
+        self.pending += data
+        self.received += len(data)
+        self.flow.bytes_up = self.received
+        if self.phase is Phase.SNIFFING:
+            if self._sniff(bytes(self.pending)) is NEED_MORE:
+                return []
+            return self._decide_then_scan_pending()
+        if self._sniffed is None:
+            # No rule needs the name, but the audit log and `egressctl` still show it.
+            self._sniff_buf += data
+            self._sniff(bytes(self._sniff_buf))
+        return self._scan(data)
+
+    def client_idle(self, final: bool) -> list[Command]:
+        """The client paused. Release what cannot be the start of a secret (`final=False`), or
+        settle the tail for good after a longer pause (`final=True`): request/response
+        protocols must not deadlock on the hold-back window."""
+        if self.phase in (Phase.CLOSED, Phase.SNIFFING) or not self.pending:
+            return []
+        return self._after_detections(self.stream.flush_idle(final))
+
+    def client_eof(self) -> list[Command]:
+        """The client half-closed: everything it sent can now be judged completely."""
+        if self.phase is Phase.CLOSED:
+            return []
+        self.client_done = True
+        if self.phase is Phase.SNIFFING:
+            out = self._decide_then_scan_pending()
+            if self.phase is Phase.CLOSED:
+                return out
+            return out + self._finish_stream()
+        return self._finish_stream()
+
+    def upstream_connected(self) -> list[Command]:
+        self.upstream_open = True
+        if self.phase is Phase.CONNECTING:
+            self.phase = Phase.FORWARDING
+            self.flow.state = FlowState.FORWARDING
+        return self._forward()
+
+    def decided(self, decision: Decision) -> list[Command]:
+        """A human (or the hold timeout) decided on the hold this relay asked for."""
+        self.hold_open = False
+        if self.phase is Phase.CLOSED:
+            return []
+        # The hold registry already audited the decision (with who decided and why).
+        out: list[Command] = []
+        if not decision.approved:
+            self.flow.state = FlowState.EXPIRED if decision.timed_out else FlowState.DENIED
+            return out + self._reset(
+                "hold expired" if decision.timed_out else f"denied by {decision.by_user}")
+        self.approved_by = decision
+        self.flow.state = FlowState.APPROVED
+        if not self.upstream_open:
+            self.phase = Phase.CONNECTING
+            return out + [ConnectUpstream()]
+        self.phase = Phase.FORWARDING
+        return out + self._forward()
+
+    def abort(self, reason: str) -> list[Command]:
+        """Something outside the relay failed (upstream unreachable, buffer cap, shutdown)."""
+        if self.phase is Phase.CLOSED:
+            return []
+        return self._reset(reason)
+
+    # ------------------------------------------------------------------ decisions
+    def _sniff(self, prefix: bytes) -> str | None:
+        """Look for SNI/Host in the first bytes; record the name on the flow once found."""
+        host = sniff_host(prefix[:MAX_SNIFF_BYTES])
+        if host is NEED_MORE:
+            return NEED_MORE
+        self._sniffed = host
+        self._sniff_buf = bytearray()
+        if host:
+            self.flow.destination = Destination(
+                self.flow.destination.ip, self.flow.destination.port, host,
+                self.flow.destination.transport)
+        return host
+
+    def _decide_connect(self) -> list[Command]:
+        cd = self.policy.decide_connect(self.flow.process, self.flow.destination)
+        self._connect_decision = cd
+        verdict: Verdict = cd.verdict
+        self.flow.verdict = verdict
+        self.flow.state = FlowState.INSPECTING
+        if verdict.action is Action.BLOCK:
+            return [Emit("flow.block", {"verdict": verdict.to_dict()})] + self._reset(verdict.reason)
+        if verdict.action is Action.HOLD:
+            return self._hold(verdict, ())
+        self.phase = Phase.CONNECTING
+        return [ConnectUpstream()]
+
+    def _decide_then_scan_pending(self) -> list[Command]:
+        """Leave SNIFFING: decide on the destination, then scan what arrived meanwhile, once."""
+        out = self._decide_connect()
+        if self.phase is Phase.CLOSED or not self.pending:
+            return out
+        return out + self._scan(bytes(self.pending))
+
+    def _scan(self, data: bytes) -> list[Command]:
+        return self._after_detections(self.stream.feed(data))
+
+    def _finish_stream(self) -> list[Command]:
+        return self._after_detections(self.stream.close())
+
+    def _after_detections(self, detections: list[Detection]) -> list[Command]:
+        out: list[Command] = []
+        if detections:
+            out += self._act_on(detections)
+            if self.phase is Phase.CLOSED:
+                return out
+        return out + self._forward()
+
+    def _act_on(self, detections: list[Detection]) -> list[Command]:
+        self.flow.detections.extend(detections)
+        content = self.policy.decide_content(self._connect_decision, detections)
+        verdict: Verdict = content.verdict
+        action = verdict.action
+        if action is Action.HOLD and self.approved_by is not None:
+            # The human already released this flow; later findings are recorded, not re-asked.
+            action = Action.ALLOW
+            verdict = Verdict(Action.ALLOW, verdict.rule,
+                              f"{verdict.reason}; covered by the approval already given")
+        masked = [d for d in content.mask if d.end > self.forwarded]
+        for det in masked:
+            mask_detection(self.pending, self.forwarded, det, self.masker)
+        out: list[Command] = [Emit("flow.detect", {
+            "detections": [d.to_dict() for d in detections],
+            "verdict": verdict.to_dict(),
+            "masked": [d.to_dict() for d in masked],
+        })]
+        current = self.flow.verdict.action if self.flow.verdict else Action.ALLOW
+        if _STRENGTH[action] >= _STRENGTH[current] or action is Action.BLOCK:
+            self.flow.verdict = verdict
+        if action is Action.BLOCK:
+            self.flow.state = FlowState.BLOCKED
+            return out + [Emit("flow.block", {"verdict": verdict.to_dict()})] + self._reset(
+                verdict.reason)
+        if action is Action.HOLD and not self.hold_open and self.phase is not Phase.HELD:
+            return out + self._hold(verdict, tuple(detections))
+        return out
+
+    def _hold(self, verdict: Verdict, detections: tuple[Detection, ...]) -> list[Command]:
+        self.phase = Phase.HELD
+        self.hold_open = True
+        self.flow.state = FlowState.HELD
+        self.flow.verdict = verdict
+        # The hold registry audits `flow.hold` with the hold id once it has one.
+        return [Hold(verdict, detections)]
+
+    def _forward(self) -> list[Command]:
+        """Send every byte that is both scanned-safe and allowed."""
+        if self.phase is not Phase.FORWARDING or not self.upstream_open:
+            return []
+        safe = min(self.stream.safe_offset, self.forwarded + len(self.pending))
+        out: list[Command] = []
+        n = safe - self.forwarded
+        if n > 0:
+            if n == len(self.pending):
+                chunk = bytes(self.pending)
+                self.pending.clear()
+            else:
+                chunk = bytes(self.pending[:n])
+                del self.pending[:n]
+            self.forwarded = safe
+            out.append(SendUpstream(chunk))
+        if self.client_done and not self.pending and not self.half_closed:
+            self.half_closed = True
+            out.append(HalfCloseUpstream())
+        return out
+
+    def _reset(self, reason: str) -> list[Command]:
+        self.phase = Phase.CLOSED
+        self.pending.clear()
+        if self.flow.state not in (FlowState.DENIED, FlowState.EXPIRED):
+            self.flow.state = FlowState.BLOCKED
+        return [Reset(reason)]

@@ -1,0 +1,305 @@
+"""End to end: a real daemon (probes in the kernel, proxy, Hyperscan, gRPC), real agents in a
+child cgroup running as an unprivileged user, real servers on 127.x.y.z, real `egressctl`.
+
+Each assertion is about what the destination server actually received, what the agent actually
+saw, and what the audit log says. Secrets are assembled at run time; no test prints one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from egressguard.harness import GuardedHost, base_config, free_port
+from tests.tools.servers import RecordingServer
+
+pytestmark = pytest.mark.kernel
+
+AGENT = str(Path(__file__).parent / "tools" / "agent.py")
+NOBODY = 65534
+
+# Test credentials, assembled so that no file in the repo holds one whole.
+AWS_KEY_ID = "AKIA" + "Z7Q2MXV5" + "LKJ3HN4P"
+EMAIL = "jane.doe" + "@" + "corp-example.org"
+
+
+def wait_for(pred: Any, timeout: float = 15.0, step: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="eg-e2e-"))
+    os.chmod(d, 0o755)
+    yield d
+
+
+def policy(workdir: Path, **over: Any) -> dict[str, Any]:
+    cfg = base_config(workdir, rules=[
+        {"name": "no-exfil-net", "destination": {"cidr": ["127.66.0.0/16"]}, "action": "block"},
+        {"name": "no-emails-out", "detected": ["pii.email"], "action": "mask"},
+        {"name": "secrets-need-approval", "detected": ["secret.*"], "action": "hold"},
+    ])
+    cfg["proxy"]["listen"] = f"127.0.0.1:{free_port()}"
+    cfg["approvals"]["timeout"] = "60s"
+    cfg.update(over)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def guard(workdir: Path) -> Iterator[GuardedHost]:
+    with GuardedHost(workdir / "main", policy(workdir / "main")) as host:
+        yield host
+
+
+class Agent:
+    """Runs tests/tools/agent.py in the guarded cgroup and returns its JSON report."""
+
+    def __init__(self, host: GuardedHost, workdir: Path):
+        self.host, self.workdir = host, workdir
+
+    def start(self, dst_host: str, port: int, payload: bytes, *, uid: int = NOBODY,
+              extra: list[str] | None = None) -> subprocess.Popen[str]:
+        fd, path = tempfile.mkstemp(dir=self.workdir, suffix=".payload")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.chmod(path, 0o644)
+        return self.host.agent(["/usr/bin/python3", AGENT, dst_host, str(port),
+                                "--payload-file", path, *(extra or [])],
+                               uid=uid, gid=uid, stdout=subprocess.PIPE, text=True)
+
+    def run(self, *args: Any, timeout: float = 120, **kw: Any) -> dict[str, Any]:
+        proc = self.start(*args, **kw)
+        out, _ = proc.communicate(timeout=timeout)
+        return json.loads(out.strip().splitlines()[-1])
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=timeout)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def pending(host: GuardedHost) -> list[dict[str, Any]]:
+    res = host.egressctl("pending", "--json")
+    assert res.returncode == 0, res.stderr
+    return [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
+
+
+def audit_events(host: GuardedHost) -> list[dict[str, Any]]:
+    with open(host.audit_path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def http_post(body: bytes, host: str = "api.example-ai.test") -> bytes:
+    return (b"POST /v1/chat HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+# ----------------------------------------------------------------------------- allow
+def test_allow_is_byte_exact_50mb_both_ways(guard: GuardedHost, workdir: Path) -> None:
+    # Random bytes without "@": 50 MB of noise otherwise contains e-mail-shaped strings, which
+    # this policy (rightly) masks.
+    payload = random.Random(7).randbytes(50 * 1024 * 1024).replace(b"@", b"#")
+    with RecordingServer("127.20.0.7", echo=True, keep_bytes=False) as server:
+        report = Agent(guard, workdir).run(server.host, server.port, payload, timeout=300)
+        wait_for(lambda: server.connections and server.connections[0].closed)
+    want = hashlib.sha256(payload).hexdigest()
+    assert report["error"] is None
+    assert server.connections[0].size == len(payload)
+    assert server.connections[0].sha256.hexdigest() == want
+    assert report["received"] == len(payload)
+    assert report["received_sha256"] == want
+
+
+def test_process_identity_is_in_the_audit_log(guard: GuardedHost, workdir: Path) -> None:
+    with RecordingServer("127.20.0.8") as server:
+        Agent(guard, workdir).run(server.host, server.port, b"hello")
+        wait_for(lambda: server.total_bytes == 5)
+    opens = wait_for(lambda: [e for e in audit_events(guard) if e["event"] == "flow.open"
+                              and e["destination"]["ip"] == "127.20.0.8"])
+    proc = opens[-1]["process"]
+    assert proc["uid"] == NOBODY and proc["user"] == "nobody"
+    assert proc["exe"].startswith("/usr/bin/python3")
+    assert "agent.py" in " ".join(proc["cmdline"])
+    assert proc["cgroup_path"] == guard.cgroup_rel
+    assert opens[-1]["destination"]["port"] == server.port
+
+
+# ----------------------------------------------------------------------------- block
+def test_block_by_destination_sends_nothing(guard: GuardedHost, workdir: Path) -> None:
+    with RecordingServer("127.66.0.9") as server:
+        report = Agent(guard, workdir).run(server.host, server.port, b"GET / HTTP/1.0\r\n\r\n")
+        time.sleep(0.3)
+        assert server.connections == []          # the destination was never contacted
+    assert report["error"] in ("ConnectionResetError", "BrokenPipeError")
+    blocks = [e for e in audit_events(guard) if e["event"] == "flow.block"]
+    assert blocks and blocks[-1]["rule"] == "no-exfil-net"
+
+
+# ----------------------------------------------------------------------------- hold
+def _held(guard: GuardedHost, dst_ip: str) -> dict[str, Any]:
+    return wait_for(lambda: next((h for h in pending(guard)
+                                  if h["destination"]["ip"] == dst_ip), None))
+
+
+def test_hold_then_approve_delivers_exactly_once(guard: GuardedHost, workdir: Path) -> None:
+    body = b'{"prompt": "deploy with key ' + AWS_KEY_ID.encode() + b' please"}'
+    payload = http_post(body)
+    with RecordingServer("127.20.0.10", respond=lambda req: b"HTTP/1.1 200 OK\r\n\r\ndone") as server:
+        proc = Agent(guard, workdir).start(server.host, server.port, payload)
+        hold = _held(guard, "127.20.0.10")
+        assert hold["process"]["uid"] == NOBODY
+        assert hold["destination"]["host"] == "api.example-ai.test"
+        assert [d["detector"] for d in hold["detections"]] == ["secret.aws_access_key_id"]
+        assert AWS_KEY_ID not in json.dumps(hold)
+        assert server.total_bytes == 0 or AWS_KEY_ID.encode() not in server.all_data()
+        res = guard.egressctl("approve", hold["id"], "--reason", "ticket OPS-1: test key")
+        assert res.returncode == 0, res.stderr
+        report = finish(proc)
+        wait_for(lambda: server.connections and server.connections[-1].closed)
+        assert server.all_data() == payload        # byte-exact, exactly once
+        assert len(server.connections) == 1
+    assert report["error"] is None and report["received"] == len(b"HTTP/1.1 200 OK\r\n\r\ndone")
+    decisions = [e for e in audit_events(guard) if e["event"] == "flow.decision"
+                 and e.get("hold_id") == hold["id"]]
+    assert decisions and decisions[0]["decision"]["outcome"] == "approved"
+    assert decisions[0]["decision"]["reason"] == "ticket OPS-1: test key"
+
+
+def test_hold_then_deny_sends_nothing_and_resets(guard: GuardedHost, workdir: Path) -> None:
+    payload = http_post(b"key=" + AWS_KEY_ID.encode())
+    with RecordingServer("127.20.0.11") as server:
+        proc = Agent(guard, workdir).start(server.host, server.port, payload)
+        hold = _held(guard, "127.20.0.11")
+        res = guard.egressctl("deny", hold["id"], "--reason", "not allowed")
+        assert res.returncode == 0, res.stderr
+        report = finish(proc)
+        time.sleep(0.3)
+        assert server.total_bytes == 0
+    assert report["error"] == "ConnectionResetError"
+
+
+def test_self_approval_is_refused_even_for_root(guard: GuardedHost, workdir: Path) -> None:
+    payload = http_post(b"key=" + AWS_KEY_ID.encode())
+    with RecordingServer("127.20.0.12") as server:
+        proc = Agent(guard, workdir).start(server.host, server.port, payload, uid=0)
+        try:
+            hold = _held(guard, "127.20.0.12")
+            res = guard.egressctl("approve", hold["id"], "--reason", "mine")
+            assert res.returncode == 1
+            assert "cannot decide on its own" in res.stderr
+            assert [h["id"] for h in pending(guard)].count(hold["id"]) == 1   # still pending
+            assert server.total_bytes == 0
+        finally:
+            proc.kill()
+            proc.wait(10)
+    refused = [e for e in audit_events(guard) if e["event"] == "approval.refused"]
+    assert refused and refused[-1]["code"] == "self_approval"
+
+
+def test_secret_written_one_byte_at_a_time_is_held_before_any_of_it_leaves(
+        guard: GuardedHost, workdir: Path) -> None:
+    prefix = b"POST /x HTTP/1.1\r\nHost: a.test\r\n\r\nhere it comes: "
+    payload = prefix + AWS_KEY_ID.encode() + b" and more text after it"
+    with RecordingServer("127.20.0.13") as server:
+        proc = Agent(guard, workdir).start(server.host, server.port, payload,
+                                           extra=["--chunk", "1", "--delay", "0.002"])
+        hold = _held(guard, "127.20.0.13")
+        time.sleep(0.3)
+        got = server.all_data()
+        assert len(got) <= len(prefix)           # not one byte of the key went out
+        assert got == payload[:len(got)]
+        guard.egressctl("deny", hold["id"], "--reason", "drip exfiltration")
+        finish(proc)
+        assert server.all_data() == got
+
+
+def test_mask_rewrites_email_same_length(guard: GuardedHost, workdir: Path) -> None:
+    body = b'{"note": "write to ' + EMAIL.encode() + b' today"}'
+    payload = http_post(body)
+    with RecordingServer("127.20.0.14", respond=lambda r: b"ok") as server:
+        report = Agent(guard, workdir).run(server.host, server.port, payload)
+        wait_for(lambda: server.connections and server.connections[-1].closed)
+        got = server.all_data()
+    assert report["error"] is None
+    assert len(got) == len(payload)
+    assert EMAIL.encode() not in got
+    assert got.replace(b"*", b"") != payload.replace(b"*", b"")
+    start = payload.index(EMAIL.encode())
+    assert got[:start] == payload[:start]
+    assert got[start + len(EMAIL):] == payload[start + len(EMAIL):]
+
+
+def test_ipv6_destination_is_guarded(guard: GuardedHost, workdir: Path) -> None:
+    with RecordingServer("::1", respond=lambda r: b"v6 ok") as server:
+        report = Agent(guard, workdir).run("::1", server.port, b"plain v6 data")
+        wait_for(lambda: server.connections and server.connections[-1].closed)
+        assert server.all_data() == b"plain v6 data"
+        assert report["received"] == len(b"v6 ok")
+        proc = Agent(guard, workdir).start("::1", server.port, http_post(AWS_KEY_ID.encode()))
+        hold = _held(guard, "::1")
+        guard.egressctl("deny", hold["id"], "--reason", "v6 test")
+        assert finish(proc)["error"] == "ConnectionResetError"
+
+
+def test_udp_other_than_dns_is_refused(guard: GuardedHost, workdir: Path) -> None:
+    report = Agent(guard, workdir).run("127.0.0.1", free_port(), b"quic-ish", extra=["--udp"])
+    assert report["error"] == "PermissionError:1"
+    dns = Agent(guard, workdir).run("127.0.0.1", 53, b"\x00" * 12, extra=["--udp"])
+    assert dns["error"] is None
+    wait_for(lambda: any(e["event"] == "udp.refused" for e in audit_events(guard)))
+
+
+def test_no_raw_secret_in_any_log(guard: GuardedHost) -> None:
+    texts = [Path(guard.audit_path).read_text(), "\n".join(guard.log_lines)]
+    for text in texts:
+        assert AWS_KEY_ID not in text
+        assert EMAIL not in text
+
+
+# ----------------------------------------------------------------------------- expiry
+def test_hold_expires_and_is_denied(workdir: Path) -> None:
+    cfg = policy(workdir / "expiry")
+    cfg["approvals"]["timeout"] = "1s"
+    with GuardedHost(workdir / "expiry", cfg) as host:
+        with RecordingServer("127.20.0.15") as server:
+            report = Agent(host, workdir).run(server.host, server.port,
+                                              http_post(AWS_KEY_ID.encode()))
+            time.sleep(0.2)
+            assert server.total_bytes == 0
+        assert report["error"] == "ConnectionResetError"
+        decisions = [e for e in audit_events(host) if e["event"] == "flow.decision"]
+        assert decisions[-1]["decision"]["outcome"] == "expired"
+
+
+# ----------------------------------------------------------------------------- audit verify
+def test_audit_verify_passes_then_fails_after_an_edit(guard: GuardedHost, workdir: Path) -> None:
+    copy = workdir / "audit-copy.jsonl"
+    copy.write_text(Path(guard.audit_path).read_text())
+    ok = guard.egressctl("audit", "verify", str(copy))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    lines = copy.read_text().splitlines()
+    assert len(lines) > 5
+    event = json.loads(lines[3])
+    event["action"] = "allow" if event.get("action") != "allow" else "block"
+    lines[3] = json.dumps(event, sort_keys=True, separators=(",", ":"))
+    copy.write_text("\n".join(lines) + "\n")
+    bad = guard.egressctl("audit", "verify", str(copy))
+    assert bad.returncode == 1
+    assert "line 4" in (bad.stdout + bad.stderr)
