@@ -13,7 +13,7 @@ install: .venv/.installed
 	touch $@
 
 demo: install
-	$(PY) -m egressguard.demo
+	$(PY) -m egressguard.demo $(ARGS)
 
 test: install
 	$(PYTEST) -v -rs --maxfail=30 tests
