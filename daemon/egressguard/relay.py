@@ -85,9 +85,21 @@ class PolicyLike(Protocol):
 
 
 def mask_detection(buf: bytearray, offset: int, det: Detection, masker: Any) -> None:
-    """Rewrite a detection's bytes in `buf` (which starts at absolute `offset`) in place."""
-    lo, hi = det.start - offset, det.end - offset
-    buf[lo:hi] = masker(bytes(buf[lo:hi]), det.detector)
+    """Rewrite a detection's bytes in `buf` (which starts at absolute `offset`) in place.
+
+    A detection may begin before `offset` (its first bytes already forwarded): only after a
+    final idle flush, the documented limit of `ScanStream.flush_idle`. Then only its
+    remaining bytes are masked. They are masked as the tail of the whole span with the
+    forwarded part replaced by NUL bytes, so the masker keeps nothing it would not keep in
+    the whole value: it never recognizes a "public prefix" in a fragment (an AWS key id
+    fragment would otherwise keep 4 secret letters), while an e-mail's domain stays readable.
+    (Before, a negative start sliced from the END of `buf` and masked the wrong bytes.)"""
+    already = max(0, offset - det.start)
+    lo, hi = det.start - offset + already, det.end - offset
+    if hi <= lo:
+        return
+    masked = masker(b"\0" * already + bytes(buf[lo:hi]), det.detector)
+    buf[lo:hi] = masked[already:]
 
 
 class Phase(str, enum.Enum):
@@ -117,6 +129,7 @@ class Relay:
     hold_open: bool = False
     client_done: bool = False
     upstream_open: bool = False
+    connect_sent: bool = False        # ConnectUpstream already given (at most once per flow)
     half_closed: bool = False
     _sniffed: str | None = None       # the host name found ("" for none), None while looking
     _sniff_buf: bytearray = field(default_factory=bytearray)
@@ -135,6 +148,9 @@ class Relay:
         """The client sent nothing naming a host in time (e.g. a server-speaks-first protocol)."""
         if self.phase is not Phase.SNIFFING:
             return []
+        # Go on looking for the name (for the audit log) from the FIRST byte: the head may
+        # have started before the timeout, and sniffing only later chunks would never see it.
+        self._sniff_buf = bytearray(self.pending)
         return self._decide_then_scan_pending()
 
     def client_data(self, data: bytes) -> list[Command]:
@@ -148,9 +164,15 @@ class Relay:
                 return []
             return self._decide_then_scan_pending()
         if self._sniffed is None:
-            # No rule needs the name, but the audit log and `egressctl` still show it.
+            # Still looking for the name: no rule needed it, or the client waited past
+            # sniff_timeout before sending it. The audit log shows it either way, and host
+            # rules are checked again before any byte goes out (see _forward).
             self._sniff_buf += data
-            self._sniff(bytes(self._sniff_buf))
+            if self._sniff(bytes(self._sniff_buf)) and self.policy.needs_host:
+                out = self._recheck_with_host()
+                if self.phase is Phase.CLOSED:
+                    return out
+                return out + self._scan(data)
         return self._scan(data)
 
     def client_idle(self, final: bool) -> list[Command]:
@@ -195,7 +217,9 @@ class Relay:
         self.flow.state = FlowState.APPROVED
         if not self.upstream_open:
             self.phase = Phase.CONNECTING
-            return out + [ConnectUpstream()]
+            # A content hold can open after ConnectUpstream was given but before the
+            # connection completed: ask for it only once (upstream_connected will follow).
+            return out + self._connect()
         self.phase = Phase.FORWARDING
         return out + self._forward()
 
@@ -230,6 +254,29 @@ class Relay:
         if verdict.action is Action.HOLD:
             return self._hold(verdict, ())
         self.phase = Phase.CONNECTING
+        return self._connect()
+
+    def _recheck_with_host(self) -> list[Command]:
+        """The name arrived after the connect-time decision was taken without it: decide
+        again, so waiting past sniff_timeout cannot get around a host rule. A stricter verdict
+        (block, hold) wins; an approval already given stands."""
+        if self.approved_by is not None:
+            return []
+        cd = self.policy.decide_connect(self.flow.process, self.flow.destination)
+        self._connect_decision = cd
+        verdict: Verdict = cd.verdict
+        if verdict.action is Action.BLOCK:
+            self.flow.verdict = verdict
+            return [Emit("flow.block", {"verdict": verdict.to_dict()})] + self._reset(
+                verdict.reason)
+        if verdict.action is Action.HOLD and self.phase is not Phase.HELD:
+            return self._hold(verdict, ())
+        return []
+
+    def _connect(self) -> list[Command]:
+        if self.connect_sent:
+            return []
+        self.connect_sent = True
         return [ConnectUpstream()]
 
     def _decide_then_scan_pending(self) -> list[Command]:
@@ -294,6 +341,8 @@ class Relay:
         """Send every byte that is both scanned-safe and allowed."""
         if self.phase is not Phase.FORWARDING or not self.upstream_open:
             return []
+        if self._sniffed is None and self.policy.needs_host and not self.client_done:
+            return []      # a host rule may still apply once the name is complete
         safe = min(self.stream.safe_offset, self.forwarded + len(self.pending))
         out: list[Command] = []
         n = safe - self.forwarded

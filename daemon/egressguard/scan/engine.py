@@ -66,7 +66,7 @@ class _Compiled:
     context: int
     validate: validators.Validator | None
     params: Mapping[str, Any]
-    partial_re: Any                      # `regex` pattern used with partial=True when idle
+    partial_re: Any                      # `regex` (?<!not_before)(?:pattern)\Z, partial=True
     chars: bytes                         # every byte a match can contain (idle pre-filter)
     anchor: int                          # length of the distinctive literal prefix (AKIA, sk-)
 
@@ -120,7 +120,14 @@ class ScanEngine:
         params = dict(spec.params)
         if spec.validator == "phone":
             params.setdefault("region", phone_region)
-        partial_re = regex.compile(f"{behind}(?:{spec.pattern})".encode("ascii"),
+        # Ends in \Z on purpose: with partial=True, `search` then finds the leftmost start from
+        # which SOME path of the pattern runs into the end of the data (a partial match) or
+        # ends exactly there. Without \Z, regex returns per start the first match it finds,
+        # and when that is a complete match ending earlier ("bob@example.com" in
+        # "bob@example.com.u1-x", "DE89 3704 0044 0532" before a space) the start was skipped
+        # although the value could still go on from it: its first bytes were released at a
+        # non-final flush and the longer finding came from before safe_offset.
+        partial_re = regex.compile(f"{behind}(?:{spec.pattern})\\Z".encode("ascii"),
                                    regex.IGNORECASE if spec.caseless else 0)
         return _Compiled(
             index=index, spec=spec, end_re=end_re, after_re=after, width=spec.width,
@@ -183,6 +190,9 @@ class ScanStream:
         self._held: dict[int, deque[_Held]] = {}     # keep_longest spans, per detector
         self._closed = False
         self._idle_ends: set[tuple[int, int]] = set()   # end-of-data candidates decided idle
+        # (detector id, start) of findings reported ending exactly at the current total: an
+        # anchored tail that is one of them need not be held by a final idle flush.
+        self._reported_at_end: set[tuple[str, int]] = set()
         #: Bytes before this offset can never be part of a finding reported later.
         self.safe_offset = 0
 
@@ -210,6 +220,7 @@ class ScanStream:
         # A folded detector reports a match ending at an idle point when the next byte
         # arrives, i.e. in this feed: any such end was decided by flush_idle already.
         self._idle_ends.clear()
+        self._reported_at_end = {(d.detector, d.start) for d in found if d.end == self._total}
         self._keep_tail(data)
         self._advance_safe_offset()
         return found
@@ -244,7 +255,10 @@ class ScanStream:
         - `final=True` (after a longer pause): decide the undecided candidates as if the
           stream ended here (without ending it) and release partial tails too, except those
           that already hold a detector's distinctive literal prefix ("AKIA", "sk-ant-",
-          "-----BEGIN"): those stay until more bytes arrive or the stream closes.
+          "-----BEGIN"): those stay until more bytes arrive or the stream closes, unless
+          that tail is exactly a finding reported already (a request that ends in a whole
+          key is reported here and then released: the policy has acted on it). A tail
+          shorter than the prefix ("gh", "AKI") is released: only public prefix bytes.
 
         Documented limit: a writer that pauses longer than the final wait in the middle of a
         value without a distinctive prefix (an e-mail, a card number) has the part before the
@@ -263,6 +277,8 @@ class ScanStream:
             self._hits.extend(e for e in ends if e not in self._idle_ends)
             found = self._decide(self._tail, self._total - len(self._tail), final=True)
             self._idle_ends.update(ends)
+            self._reported_at_end.update(
+                (d.detector, d.start) for d in found if d.end == self._total)
         partial_start, complete_at_end = self._partial_start(final)
         if complete_at_end and not final:
             return found      # a whole match ends at the last byte: undecided, as above
@@ -289,14 +305,20 @@ class ScanStream:
             if not suffix:
                 continue
             pos = len(tail) - suffix
-            for m in c.partial_re.finditer(tail, pos, overlapped=True, partial=True):
-                if m.end() != len(tail) or m.end() == m.start():
-                    continue
-                complete_at_end = complete_at_end or not m.partial
-                if final and not (c.anchor >= 3 and m.end() - m.start() >= c.anchor):
-                    continue
-                earliest = min(earliest, base + m.start())
-                break
+            # The leftmost start whose bytes up to the end are a prefix of a match (or a whole
+            # match); every later start gives a shorter one, so it decides for this detector.
+            m = c.partial_re.search(tail, pos, partial=True)
+            if m is None or m.end() == m.start():
+                continue
+            complete_at_end = complete_at_end or not m.partial
+            if final and not (c.anchor >= 3 and m.end() - m.start() >= c.anchor):
+                continue
+            if final and (c.spec.id, base + m.start()) in self._reported_at_end:
+                # The whole anchored tail was reported (a request ending in a complete key):
+                # the policy has acted on it, so holding it would only stall the request. If
+                # the token goes on, the longer finding is reported (and acted on) again.
+                continue
+            earliest = min(earliest, base + m.start())
         return earliest, complete_at_end
 
     def __enter__(self) -> ScanStream:
