@@ -10,15 +10,17 @@ their destinations get nothing), then the listeners, then the audit log is flush
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import resource
 import signal
 from dataclasses import dataclass
 from typing import Any
 
 from egressguard import __version__
 from egressguard.config import Config, load_config
-from egressguard.errors import EnvironmentProblem
+from egressguard.errors import ConfigError, ConfigIssue, EnvironmentProblem
 from egressguard.events import EventBus, audit_record
 from egressguard.model import Destination
 from egressguard.policy.evaluate import Policy
@@ -28,6 +30,8 @@ from egressguard.scan.mask import mask_span
 from egressguard.scan.pack import all_detectors, enabled_detectors
 
 log = logging.getLogger("egressguard.daemon")
+
+AUDIT_START_TIMEOUT = 10.0     # seconds for the first audit events to reach the disk
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,37 @@ def parse_config(path: str) -> Config:
 
 def compile_config(config: Config, fingerprint_key: bytes) -> Loaded:
     """Compile the detectors into one Hyperscan database and the rules into a Policy."""
-    engine = ScanEngine(enabled_detectors(config.detectors), fingerprint_key)
+    detectors = enabled_detectors(config.detectors)
+    try:
+        engine = ScanEngine(detectors, fingerprint_key)
+    except Exception as exc:  # noqa: BLE001 - see _engine_issues
+        raise ConfigError(_engine_issues(config, detectors, exc)) from None
     return Loaded(config, Policy.from_config(config), engine)
+
+
+def _engine_issues(config: Config, detectors: list[Any], exc: Exception) -> list[ConfigIssue]:
+    """A detector that passed pack validation but that the scanner still cannot compile (found:
+    a custom pattern with a leading global flag such as `(?i)`, which Python refuses once the
+    engine wraps the pattern) must be reported like any other policy problem, naming the
+    detector and, for custom detectors, the file and line, instead of a traceback. Each
+    detector is compiled alone to find the culprit(s)."""
+    custom = {c.id: c for c in config.detectors.custom}
+    issues = []
+    for spec in detectors:
+        try:
+            ScanEngine([spec], bytes(32))
+        except Exception as one:  # noqa: BLE001
+            msg = f"detector {spec.id!r}: the scanner cannot compile its pattern: {one}"
+            if "global flags" in str(one):
+                msg += "; use a scoped group such as (?i:...) instead"
+            item = custom.get(spec.id)
+            if item is not None:
+                issues.append(ConfigIssue(config.detectors.source, item.line_of("pattern"),
+                                          f"{item.field}.pattern", msg))
+            else:
+                issues.append(ConfigIssue(config.detectors.source, None, "detectors", msg))
+    return issues or [ConfigIssue(config.detectors.source, None, "detectors",
+                                  f"the detectors cannot be compiled together: {exc}")]
 
 
 def load_everything(path: str) -> Loaded:
@@ -68,11 +101,23 @@ async def run_daemon(path: str) -> int:
 
     config = parse_config(path)              # validate before touching anything
     check_environment(config.scope.cgroup)
-    loaded = compile_config(config, load_or_create_key(config.state_dir))
+    _raise_fd_limit()
+    try:
+        key = load_or_create_key(config.state_dir)
+    except OSError as exc:
+        raise EnvironmentProblem(_path_problem("state directory", "state_dir",
+                                               config.state_dir, exc)) from None
+    loaded = compile_config(config, key)
     mount = cgroup2_mount()
 
     audit = AuditLog(config.audit.path)
-    await audit.start()
+    try:
+        await audit.start()
+    except OSError as exc:
+        # AuditLog names lock and open failures itself; creating the parent directory (e.g.
+        # under a regular file) fails with a bare OSError, which must not become a traceback.
+        raise EnvironmentProblem(_path_problem("audit log", "audit.path", config.audit.path,
+                                               exc)) from None
     bus = EventBus()
     bus.subscribe(lambda event, flow, fields: audit.append(audit_record(event, flow, fields)))
     bus.subscribe(_log_event)
@@ -140,7 +185,14 @@ async def run_daemon(path: str) -> int:
             "version": __version__, "config": os.path.abspath(path),
             "cgroup": config.scope.cgroup, "pid": os.getpid(),
             "detectors": len(loaded.engine.detector_ids), "rules": len(config.rules)})
-        await audit.flush()
+        try:
+            # Nothing is enforced before the start event is on disk: a log that cannot be
+            # written is a start-up failure, not a silent gap.
+            await asyncio.wait_for(audit.flush(), AUDIT_START_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise EnvironmentProblem(
+                f"cannot write the audit log {config.audit.path} (audit.path): the first "
+                f"events were not on disk after {AUDIT_START_TIMEOUT:g}s") from None
         print("egressguard ready", flush=True)
         log.info("ready cgroup=%s proxy=%s:%d approvals=%s", config.scope.cgroup,
                  config.proxy.listen[0], config.proxy.listen[1], config.approvals.socket)
@@ -156,8 +208,43 @@ async def run_daemon(path: str) -> int:
         if server is not None:
             await server.stop()
         bus.emit("daemon.stop", None, {"pid": os.getpid()})
-        await audit.close()
+        try:
+            await asyncio.wait_for(audit.close(), AUDIT_START_TIMEOUT * 3)
+        except asyncio.TimeoutError:
+            log.error("audit log %s: %d event(s) could not be written before exit",
+                      config.audit.path, audit.pending)
     return 0
+
+
+def _path_problem(what: str, key: str, path: str, exc: OSError) -> str:
+    """One line for a path egressguard cannot create or open, naming the setting."""
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        reason = f"{exc.filename or 'a parent'} is not a directory"
+    else:
+        where = f" ({exc.filename})" if exc.filename and exc.filename != path else ""
+        reason = f"{exc.strerror or exc}{where}"
+    return f"cannot create or open the {what} {path} ({key}): {reason}; fix the path"
+
+
+def _raise_fd_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit.
+
+    Every flow costs two descriptors (client + upstream) and systemd gives a unit a soft limit
+    of 1024 unless LimitNOFILE says otherwise, so ~500 concurrent agent connections would hit
+    EMFILE: accept() stalls, upstream sockets fail, flows get reset. The hard limit is the
+    operator's to set; the soft one is ours to use up to it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, want, exc)
+            return
+        soft = want
+    if soft < 4 * 1024:
+        log.warning("open-file limit is %d: about %d concurrent flows fit; raise LimitNOFILE",
+                    soft, soft // 2)
 
 
 async def _poll_probes(probes: Any) -> None:

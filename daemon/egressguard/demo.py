@@ -46,7 +46,7 @@ try:
             break
         answer += chunk
     print("agent: got answer:", answer.split(b"\r\n\r\n", 1)[-1].decode(errors="replace"))
-except ConnectionResetError:
+except (ConnectionResetError, BrokenPipeError):
     print("agent: connection reset by the guard (nothing was sent)")
 '''
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"stand-ins: api.openai.com -> {ai_api.ip}:{ai_api.port}, "
         f"pastebin.com -> {paste.ip}:{paste.port} (loopback only)")
     try:
-        with GuardedHost(work, cfg, name="egressguard-demo") as host:
+        with GuardedHost(work, cfg) as host:
             say(f"guard running: cgroup {host.cgroup_rel}, policy {host.config_path}")
             socket_arg = shlex.quote(host.socket_path)
 

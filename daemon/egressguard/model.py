@@ -134,11 +134,20 @@ class Decision:
     by_user: str
     reason: str
     timed_out: bool = False
+    aborted: bool = False       # the client went away or egressguard stopped: nobody decided
+
+    @property
+    def outcome(self) -> str:
+        if self.timed_out:
+            return "expired"
+        if self.aborted:
+            return "aborted"
+        return "approved" if self.approved else "denied"
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "outcome": "expired" if self.timed_out else ("approved" if self.approved else "denied"),
-            "by": self.by_user if not self.timed_out else "egressguard",
+            "outcome": self.outcome,
+            "by": self.by_user if not (self.timed_out or self.aborted) else "egressguard",
             "by_uid": self.by_uid,
             "reason": self.reason,
         }

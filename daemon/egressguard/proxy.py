@@ -35,6 +35,8 @@ from .relay import (ConnectUpstream, Emit, HalfCloseUpstream, Hold, Phase, Relay
 log = logging.getLogger("egressguard.proxy")
 
 READ_SIZE = 256 * 1024
+HOLD_PROBE_INTERVAL = 0.25   # seconds between checks that a held flow's client is still there
+_TCP_CLOSE = 7               # tcpi_state after a reset (linux/tcp_states.h)
 
 
 @dataclass(frozen=True)
@@ -275,8 +277,11 @@ class FlowHandler:
         assert self.flow is not None and self.relay is not None
         dest = self.flow.destination
         family = socket.AF_INET6 if ipaddress.ip_address(dest.ip).version == 6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock: socket.socket | None = None
         try:
+            # Created inside the try: socket() itself fails under fd exhaustion (EMFILE), and
+            # that must abort this flow, not kill the task and leave the flow hanging open.
+            sock = socket.socket(family, socket.SOCK_STREAM)
             # The mark tells our probes not to redirect this socket (the daemon may itself run
             # inside a guarded cgroup's parent slice).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.proxy.mark)
@@ -286,7 +291,8 @@ class FlowHandler:
                                    self.limits.connect_timeout)
             self.u_reader, self.u_writer = await asyncio.open_connection(sock=sock, limit=READ_SIZE)
         except (OSError, asyncio.TimeoutError) as exc:
-            sock.close()
+            if sock is not None:
+                sock.close()
             self.proxy.bus.emit("flow.upstream_error", self.flow,
                                 {"error": f"{exc.__class__.__name__}: {exc}"})
             self.execute(self.relay.abort("upstream unreachable"))
@@ -324,12 +330,47 @@ class FlowHandler:
         self.closed.set()
 
     async def _hold(self, cmd: Hold) -> None:
+        """Wait for the decision, watching the client meanwhile.
+
+        While a flow is held the proxy often reads nothing from the client (it already sent
+        EOF, or the held buffer is at its cap and reading is paused for backpressure), so a
+        client reset would go unnoticed and the hold would stay pending for a connection that
+        no longer exists. Every HOLD_PROBE_INTERVAL the client socket's TCP state is checked;
+        a reset client aborts the hold (audited as aborted). A client that closed with a FIN
+        is indistinguishable from one that half-closed and waits for the answer, so that one
+        stays held (until a decision or the hold timeout), as TCP semantics require."""
         assert self.flow is not None and self.relay is not None
         pending = self.proxy.holds.open(self.flow, cmd.verdict, list(cmd.detections))
         self.hold_id = pending.id
-        decision: Decision = await pending.wait()
+        waiter = asyncio.ensure_future(pending.wait())
+        try:
+            while not waiter.done():
+                await asyncio.wait({waiter}, timeout=HOLD_PROBE_INTERVAL)
+                if not waiter.done() and self._client_reset():
+                    self.proxy.holds.cancel(pending.id, "client connection reset")
+                    self.hold_id = None
+                    self.execute(self.relay.abort("client connection reset while held"))
+                    return
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+        decision: Decision = waiter.result()
         self.hold_id = None
         self.execute(self.relay.decided(decision))
+
+    def _client_reset(self) -> bool:
+        """True when the client's connection is gone for good (reset: TCP_CLOSE), read from
+        TCP_INFO without consuming the socket's pending error."""
+        if self.c_writer.transport.is_closing():
+            return True
+        sock = self.c_writer.get_extra_info("socket")
+        if sock is None:
+            return True
+        try:
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+        except OSError:
+            return True
+        return state == _TCP_CLOSE
 
     def _reset_both(self) -> None:
         _abort(self.c_writer)
@@ -340,7 +381,22 @@ class FlowHandler:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """A helper task (upstream connect/pump, hold) that dies of an unexpected exception
+        must not leave its flow half-alive: the flow would wait forever for an event that task
+        was to produce, holding the client's and upstream's fds (found with EMFILE under 1000
+        concurrent flows). Log it (class and place only, see logfmt) and reset the flow."""
+        self.tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("flow task failed", exc_info=(type(exc), exc, exc.__traceback__))
+        if self.relay is not None:
+            self.execute(self.relay.abort(f"internal error: {exc.__class__.__name__}"))
+        if not self.closed.is_set():
+            self._reset_both()
 
     def _later(self, delay: float, fn: Callable[[], None]) -> None:
         self._timers.append(asyncio.get_running_loop().call_later(delay, fn))

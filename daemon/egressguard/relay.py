@@ -211,8 +211,9 @@ class Relay:
         out: list[Command] = []
         if not decision.approved:
             self.flow.state = FlowState.EXPIRED if decision.timed_out else FlowState.DENIED
-            return out + self._reset(
-                "hold expired" if decision.timed_out else f"denied by {decision.by_user}")
+            why = ("hold expired" if decision.timed_out else "hold aborted" if decision.aborted
+                   else f"denied by {decision.by_user}")
+            return out + self._reset(why)
         self.approved_by = decision
         self.flow.state = FlowState.APPROVED
         if not self.upstream_open:

@@ -173,9 +173,9 @@ def flood(a: argparse.Namespace) -> dict:
     s.sendall(data)
     s.setblocking(False)
     sent = 0
-    err = None
+    err: str | None = None
     filler = b"z" * 65536
-    progress = {"sent": 0, "error": None}
+    progress: dict[str, object] = {"sent": 0, "error": None}
 
     def report() -> None:
         print(json.dumps(progress), flush=True)

@@ -234,7 +234,7 @@ class HoldRegistry:
         if hold is None:
             return None
         decision = Decision(approved=False, by_uid=SYSTEM_UID, by_user=SYSTEM_USER,
-                            reason=f"aborted: {why}")
+                            reason=f"aborted: {why}", aborted=True)
         self._resolve(hold, decision, "aborted", ABORTED, None)
         return decision
 

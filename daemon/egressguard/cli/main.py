@@ -13,6 +13,8 @@ import argparse
 import asyncio
 import logging
 import sys
+import traceback
+import warnings
 
 from egressguard import __version__
 from egressguard.errors import ConfigError, EgressGuardError
@@ -34,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Python's re warns (FutureWarning "Possible nested set") about patterns such as
+    # [[:alpha:]] while validating them; the validator already reports those as one "error:"
+    # line, and a warning with a source line in between only confuses the output.
+    warnings.filterwarnings("ignore", category=FutureWarning, message="Possible nested set")
     if args.command == "check":
         return _check(args.config)
     return _run(args.config, args.log_level)
@@ -46,11 +52,15 @@ def _check(path: str) -> int:
     except ConfigError as exc:
         for issue in exc.issues:
             print(f"error: {issue}", file=sys.stderr)
-        print(f"{path}: {len(exc.issues)} problem(s)", file=sys.stderr)
+        if len(exc.issues) > 1:
+            # Every stderr line starts with "error:" so scripts can grep them.
+            print(f"error: {path}: {len(exc.issues)} problems", file=sys.stderr)
         return EXIT_USAGE
     except EgressGuardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001
+        return _unexpected(exc)
     print(f"{path}: OK ({len(loaded.config.rules)} rules, "
           f"{len(loaded.engine.detector_ids)} detectors, hold-back {loaded.engine.hold_back} bytes)")
     return EXIT_OK
@@ -71,3 +81,16 @@ def _run(path: str, level: str) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception as exc:  # noqa: BLE001
+        return _unexpected(exc)
+
+
+def _unexpected(exc: Exception) -> int:
+    """A failure no check anticipated is a bug, but it still gets one line, not a traceback:
+    exception messages can quote input (policy text, bytes), and operators need the one line.
+    The class and the place it was raised are enough to report it (as in logfmt)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+    print(f"error: unexpected {exc.__class__.__name__}{where}: {exc} (a bug in egressguard: "
+          "please report it)", file=sys.stderr)
+    return EXIT_FAIL

@@ -47,9 +47,12 @@ def _check_bcc() -> None:
             "with --system-site-packages (the PyPI package named 'bcc' is unrelated)") from None
 
 
-def _check_headers() -> None:
-    release = os.uname().release
-    build = f"/lib/modules/{release}/build"
+def _check_headers(release: str | None = None, modules_dir: str = "/lib/modules") -> None:
+    """BCC compiles against /lib/modules/<release>/build. The parameters exist for tests only:
+    BCC itself always looks there, so no setting or environment variable may move the check
+    away from where the compile will really look."""
+    release = release or os.uname().release
+    build = f"{modules_dir}/{release}/build"
     if not os.path.isdir(build):
         raise EnvironmentProblem(
             f"kernel headers not found at {build}: install linux-headers-{release}; if your "

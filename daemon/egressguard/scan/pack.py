@@ -376,6 +376,12 @@ def _check_pattern(f: _Fields, label: str, bad) -> str | None:
     if not value.isascii():
         bad("pattern", f"{label}: must be ASCII (escape other bytes as \\xNN)")
         return None
+    if re.match(r"\(\?[aiLmsux]+\)", value):
+        # Python applies a leading (?i) to the whole pattern, but the engine wraps patterns
+        # in groups and boundaries, where a global flag is an error: make the scope explicit.
+        bad("pattern", f"{label}: global inline flags such as (?i) are not supported: use "
+                       "flags: [caseless], or a scoped group such as (?i:...)")
+        return None
     parsed = _compile_py(value, label, "pattern", bad)
     if parsed is None:
         return None
