@@ -352,3 +352,12 @@ def test_config_is_frozen(tmp_path):
     with pytest.raises(Exception):
         cfg.state_dir = "/tmp"  # type: ignore[misc]
     assert os.path.isabs(cfg.audit.path)
+
+
+def test_proxy_must_listen_on_loopback(tmp_path) -> None:
+    from egressguard.config import check_config
+    p = tmp_path / "p.yaml"
+    p.write_text("scope: {cgroup: /a}\nproxy: {listen: '0.0.0.0:15001'}\n")
+    issues = check_config(p)
+    assert [i.field for i in issues] == ["proxy.listen"]
+    assert "loopback" in issues[0].message and issues[0].line == 2

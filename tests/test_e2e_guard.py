@@ -266,6 +266,23 @@ def test_udp_other_than_dns_is_refused(guard: GuardedHost, workdir: Path) -> Non
     wait_for(lambda: any(e["event"] == "udp.refused" for e in audit_events(guard)))
 
 
+def test_secret_on_the_command_line_is_masked_everywhere(guard: GuardedHost,
+                                                        workdir: Path) -> None:
+    """Agents pass data on argv; the command line is part of every flow's identity."""
+    with RecordingServer("127.20.0.17") as server:
+        proc = Agent(guard, workdir).start(server.host, server.port, http_post(AWS_KEY_ID.encode()),
+                                           extra=["--tag", f"key={AWS_KEY_ID} to={EMAIL}"])
+        hold = _held(guard, "127.20.0.17")
+        shown = json.dumps(hold) + guard.egressctl("pending").stdout + \
+            guard.egressctl("flows", "--json").stdout
+        guard.egressctl("deny", hold["id"], "--reason", "argv test")
+        finish(proc)
+    cmdline = " ".join(hold["process"]["cmdline"])
+    assert "--tag key=AKIA" in cmdline                  # recorded, masked, same length
+    for text in (shown, Path(guard.audit_path).read_text()):
+        assert AWS_KEY_ID not in text and EMAIL not in text
+
+
 def test_no_raw_secret_in_any_log(guard: GuardedHost) -> None:
     texts = [Path(guard.audit_path).read_text(), "\n".join(guard.log_lines)]
     for text in texts:
@@ -303,3 +320,37 @@ def test_audit_verify_passes_then_fails_after_an_edit(guard: GuardedHost, workdi
     bad = guard.egressctl("audit", "verify", str(copy))
     assert bad.returncode == 1
     assert "line 4" in (bad.stdout + bad.stderr)
+
+
+# ----------------------------------------------------------------------------- host rules
+SLOW_HOST_AGENT = r'''
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+time.sleep(float(sys.argv[3]))
+try:
+    s.sendall(b"GET / HTTP/1.1\r\nHost: " + sys.argv[4].encode() + b"\r\n\r\n")
+    print(repr(s.recv(100)))
+except OSError as exc:
+    print(exc.__class__.__name__)
+'''
+
+
+@pytest.mark.parametrize("delay", [0.0, 1.6])
+def test_host_rule_applies_even_when_the_name_comes_late(workdir: Path, delay: float) -> None:
+    """A client that waits past sniff_timeout before naming the host must not slip past a
+    host rule (the decision is taken again when the name arrives, before any byte leaves)."""
+    cfg = policy(workdir / f"host-{delay}", rules=[
+        {"name": "no-evil-host", "destination": {"host": ["evil.test", "*.evil.test"]},
+         "action": "block"}])
+    with GuardedHost(workdir / f"host-{delay}", cfg) as host:
+        with RecordingServer("127.20.0.16", respond=lambda r: b"HTTP/1.1 200 OK\r\n\r\n",
+                             reply_after=b"\r\n\r\n") as srv:
+            out = host.agent(["/usr/bin/python3", "-c", SLOW_HOST_AGENT, srv.host, str(srv.port),
+                              str(delay), "www.evil.test"], stdout=subprocess.PIPE, text=True)
+            got, _ = out.communicate(timeout=30)
+            assert "ConnectionResetError" in got
+            assert srv.total_bytes == 0
+            ok = host.agent(["/usr/bin/python3", "-c", SLOW_HOST_AGENT, srv.host, str(srv.port),
+                             str(delay), "fine.test"], stdout=subprocess.PIPE, text=True)
+            got, _ = ok.communicate(timeout=30)
+            assert "200 OK" in got

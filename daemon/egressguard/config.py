@@ -765,6 +765,12 @@ class _Checker:
         if not 1 <= port <= 65535:
             self.issue(node.line, f, f"{s!r}: port must be 1-65535")
             return None
+        if not addr.is_loopback:
+            # The probes send guarded connections here; a non-loopback listener would also
+            # expose the proxy (and the agents' traffic) to the network.
+            self.issue(node.line, f, f"{s!r}: the proxy must listen on a loopback address, "
+                                     f"e.g. {example!r}")
+            return None
         return str(addr), port
 
     def bypass(self, node: YNode, f: str) -> str | None:

@@ -15,7 +15,7 @@ import logging
 import os
 import resource
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from egressguard import __version__
@@ -28,6 +28,7 @@ from egressguard.proxy import GuardProxy, Origin, ProxyLimits
 from egressguard.scan.engine import ScanEngine
 from egressguard.scan.mask import mask_span
 from egressguard.scan.pack import all_detectors, enabled_detectors
+from egressguard.scan.redact import redact_args
 
 log = logging.getLogger("egressguard.daemon")
 
@@ -146,7 +147,10 @@ async def run_daemon(path: str) -> int:
         rec = probes.lookup_origin(ip, port)
         if rec is None:
             return None
-        return Origin(Destination(rec.dst_ip, rec.dst_port), process_identity(rec, mount))
+        process = process_identity(rec, mount)
+        # The command line is recorded everywhere (audit, egressctl): mask what it carries.
+        process = replace(process, cmdline=redact_args(loaded.engine, process.cmdline))
+        return Origin(Destination(rec.dst_ip, rec.dst_port), process)
 
     proxy = GuardProxy(
         listen4=config.proxy.listen, listen6=config.proxy.listen6,
@@ -269,6 +273,8 @@ def _log_event(event: str, flow: Any, fields: dict[str, Any]) -> None:
     fid = flow.flow_id if flow is not None else "-"
     dest = f"{flow.destination.ip}:{flow.destination.port}" if flow is not None else "-"
     verdict = fields.get("verdict") or {}
-    log.info("event=%s flow=%s dest=%s action=%s rule=%s", event, fid, dest,
-             verdict.get("action", "-"), verdict.get("rule", "-"))
+    decision = fields.get("decision") if isinstance(fields.get("decision"), dict) else {}
+    log.info("event=%s flow=%s dest=%s action=%s rule=%s hold=%s outcome=%s", event, fid, dest,
+             verdict.get("action", "-"), verdict.get("rule") or fields.get("rule") or "-",
+             fields.get("hold_id", "-"), decision.get("outcome", "-"))
 

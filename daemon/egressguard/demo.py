@@ -36,8 +36,8 @@ body = sys.stdin.buffer.read()
 req = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: " + name.encode() +
        b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() +
        b"\r\nConnection: close\r\n\r\n" + body)
-s = socket.create_connection((host, port), timeout=300)
 try:
+    s = socket.create_connection((host, port), timeout=300)
     s.sendall(req)
     answer = b""
     while True:

@@ -26,6 +26,7 @@ def main() -> int:
     ap.add_argument("--no-shutdown", action="store_true", help="do not half-close after sending")
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--udp", action="store_true")
+    ap.add_argument("--tag", default="", help="ignored: lets tests put text on the command line")
     args = ap.parse_args()
     payload = open(args.payload_file, "rb").read()
     fam = socket.AF_INET6 if ":" in args.host else socket.AF_INET

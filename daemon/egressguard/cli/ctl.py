@@ -197,11 +197,19 @@ def _data(dets: Iterable[Any]) -> str:
     return "; ".join(parts) if parts else "(no detections: held by destination rule)"
 
 
+def _why(rule: str, reason: str) -> str:
+    """The verdict's reason, naming the rule once (policy reasons usually name it already)."""
+    if not reason:
+        return f"rule {rule}"
+    return reason if f'"{rule}"' in reason else f"rule {rule}: {reason}"
+
+
 def hold_text(h: Any) -> str:
     """A few lines per hold, readable at a glance: who, what process, where, which data, age."""
     return "\n".join([
         f"{h.id}  held {_duration(h.age_s)}, expires in {_duration(h.expires_in_s)} "
-        f"(then {h.on_timeout})  rule {h.rule}" + (f": {h.reason}" if h.reason else ""),
+        f"(then {h.on_timeout})",
+        f"  why:   {_why(h.rule, h.reason)}",
         f"  who:   {_who(h.process)}, {_proc(h.process)}",
         f"  where: {_dest(h.destination)}",
         f"  data:  {_data(h.detections)}",
@@ -319,9 +327,14 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         raise CtlError(f"no such file: {args.file}", EXIT_USAGE)
     result = verify(args.file)
     if result.ok:
-        print(f"OK: {result.events} events, chain intact")
+        print(f"OK: {result.events} events, chain intact"
+              + (" (the file is empty)" if result.events == 0 else ""))
         return EXIT_OK
-    print(f"TAMPERED: line {result.line}: {result.message}")
+    message = result.message
+    prefix = f"line {result.line}: "
+    if message.startswith(prefix):          # verify() names the line itself; say it once
+        message = message[len(prefix):]
+    print(f"TAMPERED: line {result.line}: {message}")
     return EXIT_REFUSED
 
 
