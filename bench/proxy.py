@@ -33,8 +33,20 @@ from egressguard.harness import GuardedHost, base_config, free_port  # noqa: E40
 CLIENT = r'''
 import json, socket, sys, time
 mode, host, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-if mode == "bulk":
-    buf = bytes(range(256)) * 256            # 64 KiB of varied, secret-free bytes
+if mode in ("bulk", "bulktext"):
+    if mode == "bulk":
+        buf = bytes(range(256)) * 256        # 64 KiB of varied, secret-free binary bytes
+    else:                                    # 64 KiB of JSON lines, like prompts or a dataset
+        import random
+        rng = random.Random(3)
+        words = ("the model agent request summarise plan quarter revenue customer support "
+                 "ticket reply draft code review function test deploy status report").split()
+        lines = b""
+        while len(lines) < 65536:
+            text = " ".join(rng.choice(words) for _ in range(rng.randint(5, 40)))
+            lines += json.dumps({"role": "user", "id": rng.randint(1, 10**6),
+                                 "content": text}).encode() + b"\n"
+        buf = lines[:65536]
     s = socket.create_connection((host, port)); t = time.perf_counter()
     for _ in range(n): s.sendall(buf)
     s.shutdown(socket.SHUT_WR); s.recv(1); dt = time.perf_counter() - t
@@ -131,24 +143,28 @@ def main() -> int:
     writes = a.mib * 16
     with GuardedHost(work, cfg) as host:
         daemon = psutil.Process(host.proc.pid)
-        direct, guarded, cpu = [], [], []
-        for _ in range(a.rounds):
-            d = run_client(None, ["bulk", server.host, str(server.port), str(writes)])
-            c0 = sum(daemon.cpu_times()[:2])
-            g = run_client(host, ["bulk", server.host, str(server.port), str(writes)])
-            cpu.append((sum(daemon.cpu_times()[:2]) - c0) / (g["bytes"] / 1e9))
-            direct.append(d["bytes"] / d["seconds"] / 1e6)
-            guarded.append(g["bytes"] / g["seconds"] / 1e6)
+        bulk: dict[str, tuple[list[float], list[float], list[float]]] = {}
+        for mode in ("bulk", "bulktext"):
+            direct, guarded, cpu = bulk.setdefault(mode, ([], [], []))
+            for _ in range(a.rounds):
+                d = run_client(None, [mode, server.host, str(server.port), str(writes)])
+                c0 = sum(daemon.cpu_times()[:2])
+                g = run_client(host, [mode, server.host, str(server.port), str(writes)])
+                cpu.append((sum(daemon.cpu_times()[:2]) - c0) / (g["bytes"] / 1e9))
+                direct.append(d["bytes"] / d["seconds"] / 1e6)
+                guarded.append(g["bytes"] / g["seconds"] / 1e6)
         rr_d = run_client(None, ["rr", server.host, str(server.port), str(a.requests)])["lat"]
         rr_g = run_client(host, ["rr", server.host, str(server.port), str(a.requests)])["lat"]
         cn_d = run_client(None, ["conn", server.host, str(server.port), str(a.connections)])["lat"]
         cn_g = run_client(host, ["conn", server.host, str(server.port), str(a.connections)])["lat"]
     server.stop = True
-    md, mg = statistics.median(direct), statistics.median(guarded)
-    print(f"bulk upload, 64 KiB writes, {a.mib} MiB x {a.rounds} rounds (median)")
-    print(f"  direct   {md:8.1f} MB/s")
-    print(f"  guarded  {mg:8.1f} MB/s   ratio {mg / md:.2f}x")
-    print(f"  daemon CPU per GB scanned: {statistics.median(cpu):.2f} s")
+    for mode, label in (("bulk", "binary"), ("bulktext", "JSON lines")):
+        direct, guarded, cpu = bulk[mode]
+        md, mg = statistics.median(direct), statistics.median(guarded)
+        print(f"bulk upload of {label}, 64 KiB writes, {a.mib} MiB x {a.rounds} rounds (median)")
+        print(f"  direct   {md:8.1f} MB/s")
+        print(f"  guarded  {mg:8.1f} MB/s   ratio {mg / md:.2f}x")
+        print(f"  daemon CPU per GB scanned: {statistics.median(cpu):.2f} s")
     for name, d, g in (("request/response on one connection", rr_d, rr_g),
                        ("new connection + request/response", cn_d, cn_g)):
         print(f"{name} ({len(d)} samples)")

@@ -182,6 +182,35 @@ def test_hold_then_approve_delivers_exactly_once(guard: GuardedHost, workdir: Pa
     assert decisions[0]["decision"]["reason"] == "ticket OPS-1: test key"
 
 
+def test_keep_alive_second_secret_needs_its_own_approval(guard: GuardedHost,
+                                                         workdir: Path) -> None:
+    # Red-team finding: approving the first request released every later secret on the
+    # same connection. Two requests, one connection, a pause between them.
+    token = "gh" + "p_" + "Q7" * 18
+    first = http_post(b'{"prompt": "key ' + AWS_KEY_ID.encode() + b'"}')
+    second = http_post(b'{"prompt": "and ' + token.encode() + b'"}')
+    with RecordingServer("127.20.0.16") as server:
+        proc = Agent(guard, workdir).start(server.host, server.port, first + second,
+                                           extra=["--chunk", str(len(first)), "--delay", "1.0"])
+        try:
+            hold = _held(guard, "127.20.0.16")
+            assert [d["detector"] for d in hold["detections"]] == ["secret.aws_access_key_id"]
+            assert guard.egressctl("approve", hold["id"], "--reason", "first").returncode == 0
+            again = wait_for(lambda: next((h for h in pending(guard) if h["destination"]["ip"]
+                                           == "127.20.0.16" and h["id"] != hold["id"]), None))
+            assert [d["detector"] for d in again["detections"]] == ["secret.github_token"]
+            time.sleep(0.3)
+            assert token.encode() not in server.all_data(), "unapproved token left the host"
+            assert guard.egressctl("approve", again["id"], "--reason", "second").returncode == 0
+            finish(proc)
+            wait_for(lambda: server.connections and server.connections[-1].closed)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        assert server.all_data() == first + second and len(server.connections) == 1
+
+
 def test_hold_then_deny_sends_nothing_and_resets(guard: GuardedHost, workdir: Path) -> None:
     payload = http_post(b"key=" + AWS_KEY_ID.encode())
     with RecordingServer("127.20.0.11") as server:

@@ -336,25 +336,69 @@ def test_host_is_recorded_even_when_no_rule_needs_it(hello_ok: bytes) -> None:
 
 # ---------------------------------------------------------------------------- after approval
 
-def test_after_approval_a_later_secret_is_recorded_not_held_again() -> None:
+def test_after_approval_the_same_secret_again_is_recorded_not_held_again() -> None:
+    # Keep-alive: the approved request is sent a second time on the same connection.
     r = connected(policy(HOLD_SECRETS))
     first, _, _ = secret_in_middle("aws-id")
-    later = b" " + SAMPLES["github-ghp"].value + b" " + prose(5000, 4)
     wire = Wire()
     wire(r.client_data(first))
     assert sum(isinstance(c, Hold) for c in wire.cmds) == 1
     wire(r.decided(APPROVE))
     n = len(wire.cmds)
-    wire(r.client_data(later))
+    wire(r.client_data(first))
     wire(r.client_eof())
     new = wire.cmds[n:]
     assert not any(isinstance(c, (Hold, Reset)) for c in new)
     detects = [c for c in new if isinstance(c, Emit) and c.event == "flow.detect"]
     assert [d["detector"] for c in detects for d in c.fields["detections"]] == \
-        ["secret.github_token"]
+        ["secret.aws_access_key_id"]
     assert detects[0].fields["verdict"]["action"] == "allow"
     assert "covered by the approval" in detects[0].fields["verdict"]["reason"]
-    assert bytes(wire.data) == first + later, "approved flow not byte-exact"
+    assert bytes(wire.data) == first + first, "approved flow not byte-exact"
+
+
+def test_after_approval_a_different_secret_is_held_before_any_of_it_leaves() -> None:
+    # Red-team finding: one approval used to release every later secret on the connection.
+    r = connected(policy(HOLD_SECRETS))
+    first, _, _ = secret_in_middle("aws-id")
+    gh = SAMPLES["github-ghp"].value
+    later = b" " + gh + b" " + prose(5000, 4)
+    wire = Wire()
+    wire(r.client_data(first))
+    wire(r.decided(APPROVE))
+    sent_before = len(wire.data)
+    n = len(wire.cmds)
+    wire(r.client_data(later))
+    holds = [c for c in wire.cmds[n:] if isinstance(c, Hold)]
+    assert len(holds) == 1, "a second, different secret must be asked about"
+    assert [d.detector for d in holds[0].detections] == ["secret.github_token"]
+    assert gh not in bytes(wire.data), "the unapproved token left before its hold was decided"
+    assert r.phase is Phase.HELD
+    wire(r.client_eof())
+    assert len(wire.data) == sent_before
+    wire(r.decided(APPROVE))
+    assert bytes(wire.data) == first + later, "twice-approved flow not byte-exact"
+
+
+def test_a_secret_found_while_the_hold_is_open_is_asked_about_after_the_approval() -> None:
+    # The approver saw only the first finding; approving it must not release the second.
+    r = connected(policy(HOLD_SECRETS))
+    first, _, _ = secret_in_middle("aws-id")
+    gh = SAMPLES["github-ghp"].value
+    wire = Wire()
+    wire(r.client_data(first))
+    n = len(wire.cmds)
+    wire(r.client_data(b" " + gh + b" " + prose(5000, 6)))
+    assert not any(isinstance(c, Hold) for c in wire.cmds[n:]), "one open hold at a time"
+    wire(r.client_data(b" " + SAMPLES["aws-id"].value + b" " + prose(5000, 7)))
+    n = len(wire.cmds)
+    wire(r.decided(APPROVE))
+    again = [c for c in wire.cmds[n:] if isinstance(c, Hold)]
+    assert len(again) == 1 and [d.detector for d in again[0].detections] == \
+        ["secret.github_token"], "only the unshown finding is asked about"
+    assert wire.data == b"", "nothing may leave while an unshown finding waits"
+    wire(r.decided(DENY))
+    assert wire.data == b"" and r.flow.state is FlowState.DENIED
 
 
 def test_after_approval_a_block_class_finding_still_blocks() -> None:

@@ -10,6 +10,10 @@ declared it safe (`ScanStream.safe_offset`) and the policy has allowed the flow.
 still be part of a secret stay in `pending` (the hold-back window); a held flow keeps everything
 it receives (bounded by the proxy's buffer cap) until a human decides.
 
+An approval covers exactly the findings the approver was shown (by fingerprint). A finding a
+hold rule names that was not shown (a different secret later on a keep-alive connection, or one
+that arrived while the hold was open) opens a new hold before any of its bytes leave.
+
 Client -> server bytes are scanned; server -> client bytes are relayed by the proxy untouched.
 """
 
@@ -102,6 +106,14 @@ def mask_detection(buf: bytearray, offset: int, det: Detection, masker: Any) -> 
     buf[lo:hi] = masked[already:]
 
 
+def _unique(detections: Any) -> tuple[Detection, ...]:
+    """One detection per fingerprint, first occurrence kept (a hold lists each value once)."""
+    seen: dict[str, Detection] = {}
+    for d in detections:
+        seen.setdefault(d.fingerprint, d)
+    return tuple(seen.values())
+
+
 class Phase(str, enum.Enum):
     SNIFFING = "sniffing"          # waiting for SNI/Host before the connect-time decision
     CONNECTING = "connecting"      # allowed, upstream not connected yet
@@ -126,6 +138,10 @@ class Relay:
     forwarded: int = 0                # absolute offset of pending[0]
     received: int = 0
     approved_by: Decision | None = None
+    covered: set[str] = field(default_factory=set)      # fingerprints a human approved
+    _shown: tuple[Detection, ...] = ()                  # findings shown in the open hold
+    _unshown: list[Detection] = field(default_factory=list)   # found while held, not shown
+    _unshown_verdict: Verdict | None = None
     hold_open: bool = False
     client_done: bool = False
     upstream_open: bool = False
@@ -216,6 +232,14 @@ class Relay:
             return out + self._reset(why)
         self.approved_by = decision
         self.flow.state = FlowState.APPROVED
+        self.covered.update(d.fingerprint for d in self._shown)
+        unseen = _unique(d for d in self._unshown if d.fingerprint not in self.covered)
+        self._unshown.clear()
+        if unseen:
+            # Found while the hold was open: the approver never saw these. Ask again before
+            # any byte leaves (nothing was forwarded since the hold opened).
+            assert self._unshown_verdict is not None
+            return out + self._hold(self._unshown_verdict, unseen)
         if not self.upstream_open:
             self.phase = Phase.CONNECTING
             # A content hold can open after ConnectUpstream was given but before the
@@ -306,8 +330,10 @@ class Relay:
         content = self.policy.decide_content(self._connect_decision, detections)
         verdict: Verdict = content.verdict
         action = verdict.action
-        if action is Action.HOLD and self.approved_by is not None:
-            # The human already released this flow; later findings are recorded, not re-asked.
+        to_ask = _unique(d for d in content.hold if d.fingerprint not in self.covered)
+        if action is Action.HOLD and self.approved_by is not None and not to_ask:
+            # Every finding a hold rule named was shown to the human who released this flow
+            # (the same secret again on a keep-alive connection): recorded, not re-asked.
             action = Action.ALLOW
             verdict = Verdict(Action.ALLOW, verdict.rule,
                               f"{verdict.reason}; covered by the approval already given")
@@ -326,13 +352,20 @@ class Relay:
             self.flow.state = FlowState.BLOCKED
             return out + [Emit("flow.block", {"verdict": verdict.to_dict()})] + self._reset(
                 verdict.reason)
-        if action is Action.HOLD and not self.hold_open and self.phase is not Phase.HELD:
+        if action is Action.HOLD and (self.hold_open or self.phase is Phase.HELD):
+            shown = {d.fingerprint for d in self._shown}
+            self._unshown += [d for d in to_ask if d.fingerprint not in shown]
+            self._unshown_verdict = self._unshown_verdict or verdict
+            return out
+        if action is Action.HOLD:
             return out + self._hold(verdict, tuple(detections))
         return out
 
     def _hold(self, verdict: Verdict, detections: tuple[Detection, ...]) -> list[Command]:
         self.phase = Phase.HELD
         self.hold_open = True
+        self._shown = detections
+        self._unshown_verdict = None
         self.flow.state = FlowState.HELD
         self.flow.verdict = verdict
         # The hold registry audits `flow.hold` with the hold id once it has one.

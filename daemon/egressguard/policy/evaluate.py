@@ -47,11 +47,13 @@ class ContentDecision:
     """The verdict after content was seen.
 
     `mask`: detections whose rule said mask (the proxy masks these bytes even when the flow's
-    overall action is stronger, e.g. a hold that is later approved). `matched`: each detection
-    that a live rule named, with that rule's name, for the audit log."""
+    overall action is stronger, e.g. a hold that is later approved). `hold`: detections whose
+    rule said hold (an approval covers only those a human was shown; another one asks again).
+    `matched`: each detection that a live rule named, with that rule's name, for the audit log."""
 
     verdict: Verdict
     mask: tuple[Detection, ...] = ()
+    hold: tuple[Detection, ...] = ()
     matched: tuple[tuple[Detection, str], ...] = ()
 
 
@@ -113,5 +115,6 @@ class Policy:
         return ContentDecision(
             verdict=Verdict(best_rule.action, best_rule.name, reason),
             mask=tuple(d for d, r in matched if r.action is Action.MASK),
+            hold=tuple(d for d, r in matched if r.action is Action.HOLD),
             matched=tuple((d, r.name) for d, r in matched),
         )

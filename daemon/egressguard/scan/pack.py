@@ -94,6 +94,12 @@ class DetectorSpec:
         return _widths(self.not_after)[1] if self.not_after else 0
 
 
+# `prefilter: pattern` in a pack: use the detector's own pattern without the folded
+# `not_before` boundary (Hyperscan is about twice as fast on text without the leading
+# class; the boundary is still checked when the candidate is re-matched).
+PREFILTER_BARE_PATTERN = "pattern"
+
+
 def folds_not_after(spec: DetectorSpec) -> bool:
     """True when `not_after` is one plain character class, so Hyperscan itself can require a
     byte outside it after the match (see hyperscan_expression). A truncating detector is
@@ -282,6 +288,8 @@ def _spec_from_item(item: Any, line: int | None, file: str, where: str,
     if prefilter is not None and (not isinstance(prefilter, str) or not prefilter.isascii()):
         bad("prefilter", "must be an ASCII regular expression")
         prefilter = None
+    if prefilter == PREFILTER_BARE_PATTERN:
+        prefilter = pattern
     description, _ = f.get("description", "")
     if not isinstance(description, str):
         bad("description", "must be a string")
