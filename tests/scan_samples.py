@@ -179,6 +179,8 @@ def false_positives(seed: int = 99) -> list[tuple[str, bytes]]:
         ("card-one-digit", "0000 0000 0000 0000"),
         ("card-17-digit-visa", "id " + luhn_complete("4", 17, r)),
         ("card-in-long-number", "ts 98765432101234567890123"),
+        # A float's fraction: embedding vectors are full of 16-17 digit fractions.
+        ("card-float-fraction", '{"embedding": [0.' + luhn_complete("4", 16, r) + ', -0.5]}'),
         ("ssn-area-000", "SSN 000-12-3456"),
         ("ssn-area-666", "SSN 666-12-3456"),
         ("ssn-area-900", "SSN 900-12-3456"),
