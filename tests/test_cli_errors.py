@@ -255,11 +255,7 @@ FAIL_AFTER_ATTACH = textwrap.dedent("""
 """)
 
 
-@pytest.mark.kernel
-def test_run_failure_after_attach_detaches_everything(
-        tmp: Path, child_cgroup: tuple[str, str]) -> None:
-    rel, cg_path = child_cgroup
-    path = write_policy(tmp, cgroup_rel=rel)
+def _fail_after_attach(tmp: Path, path: Path) -> None:
     script = tmp / "fail_after_attach.py"
     script.write_text(FAIL_AFTER_ATTACH)
     res = subprocess.run([PY, str(script), str(path)], capture_output=True, text=True,
@@ -268,7 +264,33 @@ def test_run_failure_after_attach_detaches_everything(
     assert "OSError" in line and "injected" in line
     assert "egressguard ready" not in res.stdout
     assert "event=daemon.start" in res.stderr       # it failed after the probes were attached
+
+
+@pytest.mark.kernel
+def test_run_failure_after_attach_open_mode_detaches_everything(
+        tmp: Path, child_cgroup: tuple[str, str]) -> None:
+    rel, cg_path = child_cgroup
+    path = write_policy(tmp, cgroup_rel=rel, failure_mode="open")
+    _fail_after_attach(tmp, path)
     assert_nothing_left(cg_path, path)
+
+
+@pytest.mark.kernel
+def test_run_failure_after_attach_closed_mode_stays_closed_until_detach(
+        tmp: Path, child_cgroup: tuple[str, str]) -> None:
+    """closed: a daemon that fails after attaching leaves the cgroup refusing (not unguarded),
+    and `egressguard detach` is the explicit way to remove it."""
+    from egressguard.kernel.probes import PROGRAMS, attached_programs
+    rel, cg_path = child_cgroup
+    path = write_policy(tmp, cgroup_rel=rel)
+    _fail_after_attach(tmp, path)
+    assert len(attached_programs(cg_path)) == len(PROGRAMS)
+    res = cli("detach", "--config", str(path))
+    assert res.returncode == 0, res.stderr
+    assert f"detached {len(PROGRAMS)} egressguard program(s) from {cg_path}" in res.stdout
+    assert_nothing_left(cg_path, path)
+    again = cli("detach", "--config", str(path))
+    assert again.returncode == 0 and "nothing of egressguard was attached" in again.stdout
 
 
 # ----------------------------------------------------------------------------- egressctl

@@ -28,7 +28,9 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 from egressguard.errors import ConfigError, ConfigIssue
+from egressguard import opsconfig
 from egressguard.model import Action
+from egressguard.opsconfig import MetricsConfig
 from egressguard.policy import yamlpos
 from egressguard.policy.rules import (DETECTOR_CLASSES, DestinationCond, ProcessCond, RuleSpec,
                                       UserRef, detector_ref_matches, glob_problem, is_glob,
@@ -57,6 +59,7 @@ class ProxyConfig:
     mark: int = 0x4547
     sniff_timeout: float = 1.0                    # seconds
     max_held_bytes: int = 16 * MiB
+    max_held_total: int = opsconfig.DEFAULT_MAX_HELD_TOTAL   # all flows together
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ class Config:
     default_action: Action = Action.ALLOW
     detectors: DetectorsConfig = DetectorsConfig()
     rules: tuple[RuleSpec, ...] = ()
+    failure_mode: str = "closed"                  # closed | open (see opsconfig.py)
+    metrics: MetricsConfig = MetricsConfig()
 
 
 # The hook that tells us which detector ids exist: a fixed set, or a function of the
@@ -216,6 +221,8 @@ def _parse(text: str, source: str, base_dir: str, known: DetectorHook,
                                       "mask": "mask needs `detected`: use it in a rule"})
     detectors, detectors_ok = _detectors(c, top.get("detectors"), source, base_dir)
     rules = _rules(c, top.get("rules"))
+    failure_mode = opsconfig.failure_mode(c, top.get("failure_mode"))
+    metrics = opsconfig.metrics(c, top.get("metrics"))
 
     _cross_checks(c, top, rules, default_action, approvals)
     if detectors_ok and known is not None:
@@ -226,14 +233,14 @@ def _parse(text: str, source: str, base_dir: str, known: DetectorHook,
     return Config(
         source=source, scope=scope, proxy=proxy, approvals=approvals, audit=audit,
         state_dir=state_dir, default_action=default_action or Action.ALLOW, detectors=detectors,
-        rules=tuple(r for _, r, _ in rules),
+        rules=tuple(r for _, r, _ in rules), failure_mode=failure_mode, metrics=metrics,
     ), []
 
 
 TOP_KEYS = ("scope", "proxy", "approvals", "audit", "state_dir", "default_action", "detectors",
-            "rules")
+            "rules", "failure_mode", "metrics")
 PROXY_KEYS = ("listen", "listen6", "bypass", "udp", "dns_ports", "mark", "sniff_timeout",
-              "max_held_bytes")
+              "max_held_bytes", "max_held_total")
 APPROVAL_KEYS = ("socket", "approvers", "timeout", "on_timeout")
 DETECTOR_KEYS = ("packs", "custom", "disable")
 CUSTOM_KEYS = ("id", "class", "pattern", "validator", "severity", "max_width")
@@ -308,9 +315,11 @@ def _proxy(c: "_Checker", node: YNode | None) -> ProxyConfig:
         else None
     held = c.size(m["max_held_bytes"], "proxy.max_held_bytes") if "max_held_bytes" in m \
         else None
+    held = held or d.max_held_bytes
     return ProxyConfig(listen=listen, listen6=listen6, bypass=bypass, udp=udp or d.udp,
                        dns_ports=dns_ports, mark=mark, sniff_timeout=sniff or d.sniff_timeout,
-                       max_held_bytes=held or d.max_held_bytes)
+                       max_held_bytes=held,
+                       max_held_total=opsconfig.max_held_total(c, m.get("max_held_total"), held))
 
 
 def _approvals(c: "_Checker", node: YNode | None) -> ApprovalsConfig:
@@ -748,7 +757,8 @@ class _Checker:
             return None
         return n
 
-    def listen(self, node: YNode, f: str, family: int) -> tuple[str, int] | None:
+    def listen(self, node: YNode, f: str, family: int,
+               role: str = "the proxy") -> tuple[str, int] | None:
         s = self.string(node, f)
         if s is None:
             return None
@@ -768,7 +778,7 @@ class _Checker:
         if not addr.is_loopback:
             # The probes send guarded connections here; a non-loopback listener would also
             # expose the proxy (and the agents' traffic) to the network.
-            self.issue(node.line, f, f"{s!r}: the proxy must listen on a loopback address, "
+            self.issue(node.line, f, f"{s!r}: {role} must listen on a loopback address, "
                                      f"e.g. {example!r}")
             return None
         return str(addr), port

@@ -5,6 +5,14 @@ approval service, then the proxy's listeners, and only then the probes, so that 
 redirected connection already finds a proxy to land on. `egressguard ready` is printed last.
 On stop the probes go first (no new flows), then held flows are aborted (their clients reset,
 their destinations get nothing), then the listeners, then the audit log is flushed and closed.
+With `failure_mode: closed` "the probes go" means they are released, not detached: their pinned
+links keep redirecting the guarded cgroup to the (now closed) proxy port, so guarded processes
+are refused, not unguarded, until the next start adopts them (`egressguard detach` removes
+them for good). With `open` they are detached.
+
+Running as a service (see runtime.py, reload.py, metrics.py, sdnotify.py): SIGHUP reloads the
+policy; a ticker on the event loop refreshes the metrics gauges and systemd's STATUS= line and
+sends the watchdog ping, so a stuck loop is noticed.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from egressguard.scan.redact import redact_args
 log = logging.getLogger("egressguard.daemon")
 
 AUDIT_START_TIMEOUT = 10.0     # seconds for the first audit events to reach the disk
+TICK_S = 1.0                   # metrics gauges / STATUS= refresh (the watchdog may tick faster)
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,7 @@ def load_everything(path: str) -> Loaded:
     return compile_config(parse_config(path), bytes(32))
 
 
-async def run_daemon(path: str) -> int:
+async def run_daemon(path: str, sink_provider: Any = None) -> int:
     """`egressguard run`: returns the exit code."""
     from egressguard.approvals.holds import HoldRegistry
     from egressguard.approvals.service import start_approval_server
@@ -99,6 +108,11 @@ async def run_daemon(path: str) -> int:
     from egressguard.kernel.cgroup import cgroup2_mount
     from egressguard.kernel.identity import process_identity
     from egressguard.kernel.preflight import check_environment
+    from egressguard.approvals.ops import Operations
+    from egressguard.metrics import GuardMetrics, MetricsServer
+    from egressguard.reload import Reloader, policy_hash
+    from egressguard.runtime import DaemonState
+    from egressguard.sdnotify import Notifier
 
     config = parse_config(path)              # validate before touching anything
     check_environment(config.scope.cgroup)
@@ -109,7 +123,11 @@ async def run_daemon(path: str) -> int:
         raise EnvironmentProblem(_path_problem("state directory", "state_dir",
                                                config.state_dir, exc)) from None
     loaded = compile_config(config, key)
+    first_hash = policy_hash(path, config.detectors.packs)
     mount = cgroup2_mount()
+    notifier = Notifier()
+    metrics = GuardMetrics()
+    metrics.set_policy(first_hash, config.failure_mode)
 
     audit = AuditLog(config.audit.path)
     try:
@@ -122,6 +140,7 @@ async def run_daemon(path: str) -> int:
     bus = EventBus()
     bus.subscribe(lambda event, flow, fields: audit.append(audit_record(event, flow, fields)))
     bus.subscribe(_log_event)
+    bus.subscribe(metrics.on_event)
 
     proxy: GuardProxy | None = None
 
@@ -141,7 +160,8 @@ async def run_daemon(path: str) -> int:
         proxy4=config.proxy.listen, proxy6=config.proxy.listen6,
         bypass=list(config.proxy.bypass), udp_mode=config.proxy.udp,
         exempt_mark=config.proxy.mark, dns_ports=tuple(config.proxy.dns_ports),
-        on_event=lambda ev: bus.emit("udp.refused", None, _udp_fields(ev)))
+        on_event=lambda ev: bus.emit("udp.refused", None, _udp_fields(ev)),
+        failure_mode=config.failure_mode)
 
     def lookup_origin(ip: str, port: int) -> Origin | None:
         rec = probes.lookup_origin(ip, port)
@@ -149,29 +169,57 @@ async def run_daemon(path: str) -> int:
             return None
         process = process_identity(rec, mount)
         # The command line is recorded everywhere (audit, egressctl): mask what it carries.
-        process = replace(process, cmdline=redact_args(loaded.engine, process.cmdline))
+        process = replace(process, cmdline=redact_args(state.loaded.engine, process.cmdline))
         return Origin(Destination(rec.dst_ip, rec.dst_port), process)
 
     proxy = GuardProxy(
         listen4=config.proxy.listen, listen6=config.proxy.listen6,
-        lookup_origin=lookup_origin, engine_provider=lambda: loaded.engine,
-        policy_provider=lambda: loaded.policy, masker=mask_span, holds=registry, bus=bus,
+        lookup_origin=lookup_origin, engine_provider=lambda: state.loaded.engine,
+        policy_provider=lambda: state.loaded.policy, masker=mask_span, holds=registry, bus=bus,
         mark=config.proxy.mark,
         limits=ProxyLimits(max_held_bytes=config.proxy.max_held_bytes,
+                           max_held_total=config.proxy.max_held_total,
                            sniff_timeout=config.proxy.sniff_timeout))
+    # The configuration in force lives in `state.loaded`; a reload replaces it there.
+    state = DaemonState(config_path=path, loaded=loaded, policy_hash=first_hash, proxy=proxy,
+                        registry=registry, probes=probes, metrics=metrics,
+                        cgroup_path=mount + config.scope.cgroup, sink_provider=sink_provider)
+    reloader = Reloader(state, key, bus, compile_config, parse_config, notifier)
+    operations = Operations(
+        status=state.status, reload=reloader.reload,
+        may_reload=lambda uid: uid == 0 or uid in state.loaded.config.approvals.approver_uids)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[Any]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(reloader.reload("SIGHUP"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
 
     server = None
     attached = False
     poller: asyncio.Task[None] | None = None
+    ticker: asyncio.Task[None] | None = None
+    metrics_server: MetricsServer | None = None
     try:
+        if config.metrics.listen:
+            metrics_server = MetricsServer(metrics, config.metrics.listen)
+            try:
+                metrics_server.start()
+            except OSError as exc:
+                metrics_server = None
+                host, port = config.metrics.listen
+                raise EnvironmentProblem(f"cannot serve metrics on {host}:{port} "
+                                         f"(metrics.listen): {exc.strerror or exc}") from None
         try:
             server = await start_approval_server(config.approvals.socket, registry,
-                                                 proxy.all_flows)
+                                                 proxy.all_flows, operations)
         except OSError as exc:
             raise EnvironmentProblem(
                 f"cannot serve approvals on {config.approvals.socket}: {exc.strerror or exc}")
@@ -188,7 +236,9 @@ async def run_daemon(path: str) -> int:
         bus.emit("daemon.start", None, {
             "version": __version__, "config": os.path.abspath(path),
             "cgroup": config.scope.cgroup, "pid": os.getpid(),
-            "detectors": len(loaded.engine.detector_ids), "rules": len(config.rules)})
+            "detectors": len(loaded.engine.detector_ids), "rules": len(config.rules),
+            "policy_hash": first_hash, "failure_mode": config.failure_mode,
+            "adopted_programs": list(probes.adopted)})
         try:
             # Nothing is enforced before the start event is on disk: a log that cannot be
             # written is a start-up failure, not a silent gap.
@@ -197,16 +247,28 @@ async def run_daemon(path: str) -> int:
             raise EnvironmentProblem(
                 f"cannot write the audit log {config.audit.path} (audit.path): the first "
                 f"events were not on disk after {AUDIT_START_TIMEOUT:g}s") from None
+        ticker = asyncio.create_task(_tick(state, notifier))
         print("egressguard ready", flush=True)
-        log.info("ready cgroup=%s proxy=%s:%d approvals=%s", config.scope.cgroup,
-                 config.proxy.listen[0], config.proxy.listen[1], config.approvals.socket)
+        notifier.ready(state.status_line())
+        log.info("ready cgroup=%s proxy=%s:%d approvals=%s failure_mode=%s adopted=%d",
+                 config.scope.cgroup, config.proxy.listen[0], config.proxy.listen[1],
+                 config.approvals.socket, config.failure_mode, len(probes.adopted))
         await stop.wait()
         log.info("stopping")
     finally:
+        notifier.stopping()
         if attached:
-            probes.detach()
-        if poller is not None:
-            poller.cancel()
+            probes.release()   # closed: stays attached (refusing); open: detached
+            if config.failure_mode == "closed":
+                log.warning("probes stay attached to %s (failure_mode: closed): guarded "
+                            "connections are refused until egressguard runs again; "
+                            "'egressguard detach --config %s' removes them", config.scope.cgroup,
+                            path)
+        for task in (poller, ticker, *reloads):
+            if task is not None:
+                task.cancel()
+        if metrics_server is not None:
+            metrics_server.stop()
         registry.close("egressguard is stopping")
         await proxy.stop()
         if server is not None:
@@ -217,7 +279,31 @@ async def run_daemon(path: str) -> int:
         except asyncio.TimeoutError:
             log.error("audit log %s: %d event(s) could not be written before exit",
                       config.audit.path, audit.pending)
+        notifier.close()
     return 0
+
+
+async def _tick(state: Any, notifier: Any) -> None:
+    """On the event loop: refresh gauges and STATUS=, ping the watchdog. Runs only while the
+    loop runs, which is what makes the watchdog meaningful."""
+    period = min(TICK_S, notifier.watchdog_interval or TICK_S)
+    last_status, last_refresh = "", 0.0
+    loop = asyncio.get_running_loop()
+    while True:
+        if notifier.watchdog_interval:
+            notifier.watchdog()
+        now = loop.time()
+        if now - last_refresh >= TICK_S - 1e-3:
+            last_refresh = now
+            try:
+                state.metrics.refresh(state)
+                line = state.status_line()
+                if line != last_status:
+                    notifier.status(line)
+                    last_status = line
+            except Exception:  # noqa: BLE001 - visibility must never stop enforcement
+                log.exception("status refresh failed")
+        await asyncio.sleep(period)
 
 
 def _path_problem(what: str, key: str, path: str, exc: OSError) -> str:

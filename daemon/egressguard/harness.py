@@ -3,8 +3,9 @@
 Nothing here fakes a part of egressguard: `GuardedHost` creates a child cgroup (never the root),
 writes a policy file, starts `egressguard run` as a subprocess, waits for its `egressguard ready`
 line, runs "agent" commands inside the cgroup as an unprivileged user, and on exit stops the
-daemon (SIGTERM, then SIGKILL after a bound), detaches nothing by hand (the daemon does), and
-removes the cgroup. Every wait is bounded.
+daemon (SIGTERM, then SIGKILL after a bound), removes what a `failure_mode: closed` daemon
+leaves attached on purpose (`egressguard detach`'s function), and removes the cgroup. Every
+wait is bounded.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class GuardedHost:
     name: str = field(default_factory=lambda: f"egressguard-{uuid.uuid4().hex[:8]}")
     python: str = sys.executable
     ready_timeout: float = 60.0
+    env: dict[str, str] | None = None        # extra environment for the daemon (NOTIFY_SOCKET)
     proc: subprocess.Popen[str] | None = None
     log_lines: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
@@ -79,7 +81,8 @@ class GuardedHost:
         self.log_lines = []
         self.proc = subprocess.Popen(
             [self.python, "-m", "egressguard", "run", "--config", str(self.config_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            env={**os.environ, **self.env} if self.env else None)
         ready = threading.Event()
 
         def pump(proc: subprocess.Popen[str]) -> None:
@@ -114,9 +117,24 @@ class GuardedHost:
         self.proc = None
         return code
 
+    def kill(self) -> None:
+        """SIGKILL the daemon: no clean-up of any kind (failure-mode tests)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            if self._reader is not None:
+                self._reader.join(5)
+            self.proc = None
+
+    def detach(self) -> list[str]:
+        """What `egressguard detach` does: remove the probes a stopped daemon left attached."""
+        from egressguard.kernel.probes import remove_guard
+        return remove_guard(self.cgroup_path) if os.path.isdir(self.cgroup_path) else []
+
     def __exit__(self, *exc: object) -> None:
         try:
             self.stop()
+            self.detach()
         finally:
             self._remove_cgroup()
 

@@ -36,6 +36,7 @@ log = logging.getLogger("egressguard.proxy")
 
 READ_SIZE = 256 * 1024
 HOLD_PROBE_INTERVAL = 0.25   # seconds between checks that a held flow's client is still there
+HELD_CAP_RECHECK = 0.25      # seconds between checks of the total cap by a flow paused on it
 _TCP_CLOSE = 7               # tcpi_state after a reset (linux/tcp_states.h)
 
 
@@ -44,6 +45,7 @@ class ProxyLimits:
     """Bounds that keep hostile clients from hurting the daemon."""
 
     max_held_bytes: int = 16 * 1024 * 1024   # per flow, while held / connecting / sniffing
+    max_held_total: int = 256 * 1024 * 1024  # all flows together; past it new flows are refused
     sniff_timeout: float = 1.0               # wait this long for SNI/Host when a rule needs it
     partial_wait: float = 0.5                # pause after which a partial-match tail is settled
     connect_timeout: float = 10.0
@@ -78,6 +80,7 @@ class GuardProxy:
         self.mark = mark
         self.limits = limits
         self.flows: dict[str, FlowInfo] = {}
+        self.held_total = 0          # bytes buffered in all relays (kept by FlowHandler.execute)
         self.recent: deque[FlowInfo] = deque(maxlen=500)
         self._servers: list[asyncio.base_events.Server] = []
         self._handlers: set[asyncio.Task[None]] = set()
@@ -119,6 +122,15 @@ class GuardProxy:
                 self.bus.emit("proxy.refused", None, {"reason": "too many open flows"})
                 _abort(writer)
                 return
+            if self.held_total >= self.limits.max_held_total:
+                # Memory for held bytes is spent: a new flow could only add to it. Refuse it
+                # loudly (RST + audit) rather than accept what cannot be buffered.
+                self.bus.emit("proxy.refused", None, {
+                    "reason": f"held-buffer total cap reached ({self.held_total} of "
+                              f"proxy.max_held_total={self.limits.max_held_total} bytes): new "
+                              "flows are refused until held flows are decided"})
+                _abort(writer)
+                return
             await FlowHandler(self, reader, writer).run()
         except Exception:  # noqa: BLE001 - one bad flow must never take the daemon down
             log.exception("flow handler failed")
@@ -150,6 +162,7 @@ class FlowHandler:
         self._last_data = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._timers: list[asyncio.TimerHandle] = []
+        self._held_counted = 0               # this flow's share of proxy.held_total
 
     # ------------------------------------------------------------------ life cycle
     async def run(self) -> None:
@@ -200,11 +213,20 @@ class FlowHandler:
         assert self.relay is not None
         relay = self.relay
         while relay.phase is not Phase.CLOSED:
-            if relay.phase is not Phase.FORWARDING and len(relay.pending) >= self.limits.max_held_bytes:
+            limits = self.proxy.limits
+            if relay.phase is not Phase.FORWARDING and len(relay.pending) >= limits.max_held_bytes:
                 # Held (or not yet connected) and the buffer is full: stop reading; TCP
                 # backpressure makes the client wait.
                 self.wakeup.clear()
                 await self.wakeup.wait()
+                continue
+            if relay.phase is not Phase.FORWARDING and relay.pending and \
+                    self.proxy.held_total >= limits.max_held_total:
+                # All flows' held bytes together are at the cap: the same backpressure, and a
+                # recheck, since other flows' decisions free the space.
+                self.wakeup.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.wakeup.wait(), HELD_CAP_RECHECK)
                 continue
             data = await self.c_reader.read(READ_SIZE)
             if not data:
@@ -271,6 +293,10 @@ class FlowHandler:
             elif isinstance(cmd, Reset):
                 self.reset_reason = cmd.reason
                 self._reset_both()
+        if self.relay is not None:
+            held = len(self.relay.pending)
+            self.proxy.held_total += held - self._held_counted
+            self._held_counted = held
         self.wakeup.set()
 
     async def _connect_upstream(self) -> None:
@@ -413,6 +439,8 @@ class FlowHandler:
         if self.u_writer is not None:
             self.u_writer.close()
         self.c_writer.close()
+        self.proxy.held_total -= self._held_counted
+        self._held_counted = 0
         if self.flow is not None:
             flow = self.flow
             if flow.state not in (FlowState.BLOCKED, FlowState.DENIED, FlowState.EXPIRED):

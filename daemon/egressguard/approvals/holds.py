@@ -128,24 +128,29 @@ class HoldRegistry:
             raise ValueError(f"on_timeout must be one of {', '.join(ON_TIMEOUT)}, not {on_timeout!r}")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, not {timeout_s!r}")
-        self._approver_names: set[str] = set()
-        self._approver_uids: set[int] = set()
-        for entry in approvers:
-            entry = entry.strip()
-            if entry.startswith("uid:"):
-                num = entry[4:]
-                if not num.isdigit():
-                    raise ValueError(f"approver {entry!r}: expected uid:N with N a number")
-                self._approver_uids.add(int(num))
-            elif entry:
-                self._approver_names.add(entry)
-        self.approvers = list(approvers)
+        self.set_approvers(approvers)
         self.timeout_s = float(timeout_s)
         self.on_timeout = on_timeout
         self._on_event = on_event
         self._pending: dict[str, PendingHold] = {}
         self._finished: OrderedDict[str, PendingHold] = OrderedDict()
         self._subscribers: list[Callable[[HoldEvent], None]] = []
+
+    def set_approvers(self, approvers: list[str]) -> None:
+        """Who may decide from now on (a policy reload changes it; pending holds stay)."""
+        names: set[str] = set()
+        uids: set[int] = set()
+        for entry in approvers:
+            entry = entry.strip()
+            if entry.startswith("uid:"):
+                num = entry[4:]
+                if not num.isdigit():
+                    raise ValueError(f"approver {entry!r}: expected uid:N with N a number")
+                uids.add(int(num))
+            elif entry:
+                names.add(entry)
+        self._approver_names, self._approver_uids = names, uids
+        self.approvers = list(approvers)
 
     # -- queries -------------------------------------------------------------------------------
 

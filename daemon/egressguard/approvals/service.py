@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from egressguard.approvals._proto import approvals_pb2 as pb
 from egressguard.approvals._proto import approvals_pb2_grpc as pb_grpc
+from egressguard.approvals import ops as ops_rpc
 from egressguard.approvals.holds import (ABORTED, DECIDED, EXPIRED, OPENED, DecisionRefused,
                                          HoldEvent, HoldRegistry, PendingHold)
 from egressguard.approvals.peercred import Identity, PeerCredFrontDoor, PeerTable
@@ -124,10 +125,11 @@ class ApprovalsServicer(pb_grpc.ApprovalsServicer):
     """egressguard.v1.Approvals over a HoldRegistry and a flows provider."""
 
     def __init__(self, registry: HoldRegistry, flows_provider: Callable[[], list[FlowInfo]],
-                 table: PeerTable) -> None:
+                 table: PeerTable, ops: ops_rpc.Operations | None = None) -> None:
         self.registry = registry
         self.flows_provider = flows_provider
         self.table = table
+        self.ops = ops
 
     async def ListPending(self, request: pb.ListPendingRequest,
                           context: grpc.aio.ServicerContext) -> pb.ListPendingResponse:
@@ -206,6 +208,27 @@ class ApprovalsServicer(pb_grpc.ApprovalsServicer):
         return pb.ListFlowsResponse(flows=[
             flow_pb(f) for f in self.flows_provider() if self.registry.may_view(who, f.process.uid)])
 
+    async def Status(self, request: pb.StatusRequest,
+                     context: grpc.aio.ServicerContext) -> pb.StatusResponse:
+        await _identity(self.table, context)
+        if self.ops is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "status is not served here")
+        assert self.ops is not None
+        return ops_rpc.status_pb(self.ops.status())
+
+    async def Reload(self, request: pb.ReloadRequest,
+                     context: grpc.aio.ServicerContext) -> pb.ReloadResponse:
+        who = await _identity(self.table, context)
+        if self.ops is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "reload is not served here")
+        assert self.ops is not None
+        if not self.ops.may_reload(who.uid):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{who.user} (uid {who.uid}) may not reload the policy: only "
+                                "root and the users in approvals.approvers may")
+        result = await self.ops.reload("egressctl", who.to_dict())
+        return ops_rpc.reload_pb(result)
+
 
 class _HealthServicer(health.aio.HealthServicer):
     """Standard health checking, behind the same identity gate as everything else."""
@@ -248,12 +271,14 @@ class ApprovalServer:
 
 
 async def start_approval_server(socket_path: str, registry: HoldRegistry,
-                                flows_provider: Callable[[], list[FlowInfo]]) -> ApprovalServer:
+                                flows_provider: Callable[[], list[FlowInfo]],
+                                ops: ops_rpc.Operations | None = None) -> ApprovalServer:
     """Serve egressguard.v1.Approvals on `socket_path`; raises EnvironmentProblem when the
     socket cannot be created or another daemon already listens there."""
     table = PeerTable()
     server = grpc.aio.server()
-    pb_grpc.add_ApprovalsServicer_to_server(ApprovalsServicer(registry, flows_provider, table), server)
+    pb_grpc.add_ApprovalsServicer_to_server(ApprovalsServicer(registry, flows_provider, table, ops),
+                                            server)
     health_servicer = _HealthServicer(table)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

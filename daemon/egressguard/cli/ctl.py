@@ -5,6 +5,8 @@
     egressctl [--socket PATH] deny HOLD_ID --reason TEXT
     egressctl [--socket PATH] watch [--json]
     egressctl [--socket PATH] flows [--json]
+    egressctl [--socket PATH] status [--json]
+    egressctl [--socket PATH] reload
     egressctl audit verify FILE
 
 The daemon knows who you are from the socket's peer credentials; nothing here sends a user
@@ -317,6 +319,30 @@ def cmd_flows(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace, client: Client) -> int:
+    from egressguard.cli.ctl_status import status_json, status_text
+    status = client.call(client.stub.Status, client.pb.StatusRequest())
+    if args.json:
+        _print_json(status_json(status))
+    else:
+        print(status_text(status))
+    return EXIT_OK
+
+
+def cmd_reload(args: argparse.Namespace, client: Client) -> int:
+    result = client.call(client.stub.Reload, client.pb.ReloadRequest())
+    if result.outcome == "rejected":
+        for line in result.errors:
+            print(f"error: {line}", file=sys.stderr)
+        raise CtlError(f"reload rejected: {len(result.errors)} problem(s); the running policy "
+                       f"{result.previous_hash[:12]} stays in force", EXIT_REFUSED)
+    if result.outcome == "unchanged":
+        print(f"policy unchanged ({result.policy_hash[:12]}); nothing to reload")
+    else:
+        print(f"reloaded: policy {result.previous_hash[:12]} -> {result.policy_hash[:12]}")
+    return EXIT_OK
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check the hash chain of an audit log (no daemon needed)."""
     try:
@@ -373,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("flows", help="list the flows the proxy knows about")
     sp.add_argument("--json", action="store_true", help="one JSON object per line")
     sp.set_defaults(func=cmd_flows)
+
+    sp = sub.add_parser("status", help="the daemon's state: probes, policy, counters, holds")
+    sp.add_argument("--json", action="store_true", help="one JSON object")
+    sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("reload", help="re-read the policy; keep the running one if invalid")
+    sp.set_defaults(func=cmd_reload)
 
     sp = sub.add_parser("audit", help="audit log tools")
     asub = sp.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND",

@@ -2,6 +2,7 @@
 
     egressguard run --config FILE     foreground daemon; prints `egressguard ready` when enforcing
     egressguard check --config FILE   validate; exit 0, or 2 with every problem listed
+    egressguard detach --config FILE  remove the probes a stopped daemon left attached
 
 Every operator-facing failure (bad policy, missing privilege, kernel feature, headers, a port in
 use) is one clear line on stderr and exit 2: never a traceback.
@@ -31,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     check = sub.add_parser("check", help="validate a policy file and its detectors")
     check.add_argument("--config", required=True, help="policy file (YAML)")
+    detach = sub.add_parser("detach", help="remove the probes (and their pins) that a stopped "
+                                           "daemon left attached (failure_mode: closed)")
+    detach.add_argument("--config", required=True, help="policy file (YAML)")
     return p
 
 
@@ -42,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning, message="Possible nested set")
     if args.command == "check":
         return _check(args.config)
+    if args.command == "detach":
+        from egressguard.cli.detach import detach
+        return detach(args.config)
     return _run(args.config, args.log_level)
 
 
@@ -72,17 +79,19 @@ def _run(path: str, level: str) -> int:
     setup_logging(level)
     try:
         return asyncio.run(run_daemon(path))
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(f"error: {issue}", file=sys.stderr)
-        return EXIT_USAGE
     except EgressGuardError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return report_error(exc)
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception as exc:  # noqa: BLE001
         return _unexpected(exc)
+
+
+def report_error(exc: EgressGuardError) -> int:
+    """An operator-facing failure: one `error:` line per problem, exit 2."""
+    for line in (exc.issues if isinstance(exc, ConfigError) else [exc]):
+        print(f"error: {line}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _unexpected(exc: Exception) -> int:

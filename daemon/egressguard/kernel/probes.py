@@ -6,13 +6,20 @@ daemon's proxy; sockops re-keys the record by the client's (address, port), whic
 as its peer, so `lookup_origin(peer)` gives back the original destination. UDP sends and UDP
 connects follow `udp_mode`; each refusal is reported through `poll_events`.
 
-Attachment uses the legacy BPF_PROG_ATTACH with BPF_F_ALLOW_MULTI: we coexist with other programs
-on the cgroup (e.g. systemd's), and the attachment outlives the daemon. That is deliberate: if
-the daemon dies, the guarded agents' TCP connects still go to the (now closed) proxy port and
-fail, instead of leaving unguarded. The price is that a daemon killed with SIGKILL leaves its
-programs attached, so `attach()` removes stale egressguard programs (named with PROG_PREFIX) from
-the cgroup, after attaching the new set so there is no unguarded gap. Consequently only one
-daemon may guard a given cgroup at a time.
+Attachment follows `failure_mode` and uses cgroup bpf_links (multi-attach: we coexist with
+other programs on the cgroup, e.g. systemd's):
+- closed (default): each link is pinned in bpffs (kernel/pins.py), so the attachment outlives
+  the daemon, however it ends. Guarded connects then still go to the (closed) proxy port and are
+  refused instead of leaving unguarded. The next daemon adopts the pinned links and swaps its
+  freshly loaded programs in with BPF_LINK_UPDATE: atomic, no gap, no duplicate, and the old
+  programs and maps are freed with their last reference (no stale state).
+- open: the links are not pinned; they belong to the daemon's file descriptors, so the kernel
+  detaches them when the process dies, even by SIGKILL, and guarded processes reach the network
+  directly (availability over confidentiality).
+Either way `attach()` then removes any other egressguard program (named with PROG_PREFIX) from
+the cgroup, however it was attached, so exactly one set stays. Consequently only one daemon may
+guard a given cgroup at a time. On kernels without cgroup links (before 5.7) closed mode falls
+back to BPF_PROG_ATTACH (which also survives the daemon) and open mode refuses to start.
 
 Kernel object handling (query, get-fd-by-id, info, attach, detach, lookup-and-delete) goes
 through libbpf's C API via ctypes, resolved through libbcc's handle (libbcc either bundles
@@ -23,16 +30,18 @@ needed at run time. BCC is used for compiling and loading only.
 from __future__ import annotations
 
 import ctypes as ct
+import errno
 import ipaddress
 import logging
 import os
 import socket
 import struct
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from egressguard.errors import EnvironmentProblem
-from egressguard.kernel import cgroup
+from egressguard.kernel import cgroup, pins
 from egressguard.kernel.records import (
     UDP_MODES,
     ConnRecord,
@@ -58,6 +67,8 @@ _ATTACH_UDP4_SENDMSG = 14
 _ATTACH_UDP6_SENDMSG = 15
 _BPF_F_ALLOW_MULTI = 1 << 1
 _BPF_CGROUP_MAX_PROGS = 64  # per attach type and cgroup
+_LINK_TYPE_CGROUP = 3       # BPF_LINK_TYPE_CGROUP
+FAILURE_MODES = ("closed", "open")
 
 PROGRAMS: tuple[tuple[str, int, int], ...] = (
     # (program name, program type, attach type); the attach type is also needed at load time.
@@ -68,6 +79,9 @@ PROGRAMS: tuple[tuple[str, int, int], ...] = (
     ("eg_sockops", _PROG_SOCK_OPS, _ATTACH_SOCK_OPS),
 )
 ATTACH_TYPES: tuple[int, ...] = tuple(a for _, _, a in PROGRAMS)
+_HOOK_NAMES = {_ATTACH_SOCK_OPS: "sock_ops", _ATTACH_INET4_CONNECT: "connect4",
+               _ATTACH_INET6_CONNECT: "connect6", _ATTACH_UDP4_SENDMSG: "sendmsg4",
+               _ATTACH_UDP6_SENDMSG: "sendmsg6"}
 
 _SOURCES = ("egressguard.h", "connect.c", "sockops.c", "udp.c")
 _MAX_BYPASS = 64      # eg_bypass map size (egressguard.h)
@@ -134,6 +148,15 @@ class _Libbpf:
             ("nr_map_ids", ct.c_uint32), ("map_ids", ct.c_uint64), ("name", ct.c_char * 16),
         ]
 
+    class LinkInfo(ct.Structure):
+        """struct bpf_link_info with the cgroup member of its union (offset 16, 8-aligned)."""
+
+        _fields_ = [
+            ("type", ct.c_uint32), ("id", ct.c_uint32), ("prog_id", ct.c_uint32),
+            ("_pad", ct.c_uint32), ("cgroup_id", ct.c_uint64), ("attach_type", ct.c_uint32),
+            ("_rest", ct.c_uint8 * 44),
+        ]
+
     def __init__(self) -> None:
         from bcc.libbcc import lib as bcc_lib
 
@@ -147,6 +170,14 @@ class _Libbpf:
         self._detach = self._fn(lib.bpf_prog_detach2, [ct.c_int, ct.c_int, ct.c_int])
         self._pop = self._fn(lib.bpf_map_lookup_and_delete_elem, [ct.c_int, vp, vp])
         self._epoll_fd = self._fn(lib.ring_buffer__epoll_fd, [vp])
+        # bpf_link (Linux 5.7+): an attachment owned by a file descriptor (or a bpffs pin).
+        self._link_create = self._fn(lib.bpf_link_create, [ct.c_int, ct.c_int, ct.c_int, vp])
+        self._link_update = self._fn(lib.bpf_link_update, [ct.c_int, ct.c_int, vp])
+        self._link_detach = self._fn(lib.bpf_link_detach, [ct.c_int])
+        self._link_next = self._fn(lib.bpf_link_get_next_id, [ct.c_uint32, u32p])
+        self._link_fd = self._fn(lib.bpf_link_get_fd_by_id, [ct.c_uint32])
+        self._obj_pin = self._fn(lib.bpf_obj_pin, [ct.c_int, ct.c_char_p])
+        self._obj_get = self._fn(lib.bpf_obj_get, [ct.c_char_p])
 
     @staticmethod
     def _fn(f: ct._CFuncPtr, argtypes: list) -> ct._CFuncPtr:
@@ -169,11 +200,17 @@ class _Libbpf:
     def prog_fd(self, prog_id: int) -> int:
         return self._check(self._get_fd(prog_id), f"BPF_PROG_GET_FD_BY_ID {prog_id}")
 
-    def prog_name(self, prog_fd: int) -> str:
+    def _prog_info(self, prog_fd: int) -> "_Libbpf.ProgInfo":
         info = self.ProgInfo()
         size = ct.c_uint32(ct.sizeof(info))
         self._check(self._info(prog_fd, ct.byref(info), size), "BPF_OBJ_GET_INFO_BY_FD")
-        return info.name.decode(errors="replace")
+        return info
+
+    def prog_name(self, prog_fd: int) -> str:
+        return self._prog_info(prog_fd).name.decode(errors="replace")
+
+    def prog_id(self, prog_fd: int) -> int:
+        return int(self._prog_info(prog_fd).id)
 
     def attach(self, prog_fd: int, cgroup_fd: int, attach_type: int) -> None:
         self._check(self._attach(prog_fd, cgroup_fd, attach_type, _BPF_F_ALLOW_MULTI),
@@ -181,6 +218,40 @@ class _Libbpf:
 
     def detach(self, prog_fd: int, cgroup_fd: int, attach_type: int) -> None:
         self._check(self._detach(prog_fd, cgroup_fd, attach_type), "BPF_PROG_DETACH")
+
+    def link_create(self, prog_fd: int, cgroup_fd: int, attach_type: int) -> int:
+        return self._check(self._link_create(prog_fd, cgroup_fd, attach_type, None),
+                           "BPF_LINK_CREATE")
+
+    def link_update(self, link_fd: int, prog_fd: int) -> None:
+        """Atomically replace the program behind a link: no instant without a program."""
+        self._check(self._link_update(link_fd, prog_fd, None), "BPF_LINK_UPDATE")
+
+    def link_detach(self, link_fd: int) -> None:
+        self._check(self._link_detach(link_fd), "BPF_LINK_DETACH")
+
+    def link_info(self, link_fd: int) -> "_Libbpf.LinkInfo":
+        info = self.LinkInfo()
+        size = ct.c_uint32(ct.sizeof(info))
+        self._check(self._info(link_fd, ct.byref(info), size), "BPF_OBJ_GET_INFO_BY_FD")
+        return info
+
+    def link_ids(self) -> list[int]:
+        """Every bpf_link id on the host (for finding the link that holds a program)."""
+        out, cur, nxt = [], 0, ct.c_uint32()
+        while self._link_next(cur, ct.byref(nxt)) == 0:
+            out.append(nxt.value)
+            cur = nxt.value
+        return out
+
+    def link_fd_by_id(self, link_id: int) -> int:
+        return self._check(self._link_fd(link_id), f"BPF_LINK_GET_FD_BY_ID {link_id}")
+
+    def pin(self, fd: int, path: str) -> None:
+        self._check(self._obj_pin(fd, path.encode()), f"BPF_OBJ_PIN {path}")
+
+    def get_pinned(self, path: str) -> int:
+        return self._check(self._obj_get(path.encode()), f"BPF_OBJ_GET {path}")
 
     def pop(self, map_fd: int, key: ct.Structure, value: ct.Structure) -> bool:
         """Atomic lookup-and-delete; False when the key is absent."""
@@ -221,6 +292,99 @@ def attached_programs(cgroup_path: str) -> list[tuple[int, int, str]]:
         os.close(fd)
 
 
+@dataclass
+class _Link:
+    """One of our cgroup links: its fd, and its bpffs pin when failure_mode is closed."""
+
+    name: str
+    fd: int
+    attach_type: int
+    pin: Path | None
+
+
+def _link_holding(lib: _Libbpf, cgroup_id: int, prog_id: int) -> int | None:
+    """An fd of the cgroup link that attaches `prog_id` to the cgroup, or None (the program is
+    attached with BPF_PROG_ATTACH, or already gone)."""
+    for link_id in lib.link_ids():
+        try:
+            fd = lib.link_fd_by_id(link_id)
+        except OSError:
+            continue
+        try:
+            info = lib.link_info(fd)
+        except OSError:
+            os.close(fd)
+            continue
+        if info.type == _LINK_TYPE_CGROUP and info.cgroup_id == cgroup_id \
+                and info.prog_id == prog_id:
+            return fd
+        os.close(fd)
+    return None
+
+
+def _remove_programs(lib: _Libbpf, cgroup_fd: int, cgroup_id: int,
+                     keep: set[int]) -> list[str]:
+    """Detach every egressguard (eg_*) program on the cgroup whose id is not in `keep`, however
+    it was attached: through a link (pinned by a closed-mode daemon, or held by a live one:
+    BPF_LINK_DETACH works for any holder) or with BPF_PROG_ATTACH (a daemon before links, or
+    the legacy fallback). Returns the names removed."""
+    removed = []
+    for prog_id, attach_type, name in _programs_on(lib, cgroup_fd):
+        if not name.startswith(PROG_PREFIX) or prog_id in keep:
+            continue
+        link_fd = _link_holding(lib, cgroup_id, prog_id)
+        try:
+            if link_fd is not None:
+                lib.link_detach(link_fd)
+            else:
+                pfd = lib.prog_fd(prog_id)
+                try:
+                    lib.detach(pfd, cgroup_fd, attach_type)
+                finally:
+                    os.close(pfd)
+            removed.append(name)
+        except OSError as e:
+            log.warning("could not remove stale program %s (id %d): %s", name, prog_id, e)
+        finally:
+            if link_fd is not None:
+                os.close(link_fd)
+    return removed
+
+
+def collect_defunct_pins(lib: _Libbpf, root: str = pins.PIN_ROOT) -> None:
+    """Remove pins whose link no longer attaches anywhere (its cgroup was removed: the kernel
+    auto-detaches such links but the pin file stays until someone unlinks it)."""
+    for d in pins.all_pin_dirs(root):
+        for path in list(d.iterdir()):
+            try:
+                fd = lib.get_pinned(str(path))
+            except OSError:
+                pins.remove_pin(path)
+                continue
+            try:
+                defunct = lib.link_info(fd).cgroup_id == 0
+            finally:
+                os.close(fd)
+            if defunct:
+                pins.remove_pin(path)
+
+
+def remove_guard(cgroup_path: str, pin_root: str = pins.PIN_ROOT) -> list[str]:
+    """`egressguard detach`: remove every egressguard program and pin from the cgroup, for a
+    daemon that is stopped in failure_mode: closed (its probes stay attached on purpose).
+    Returns the names of the programs removed."""
+    lib = _Libbpf()
+    fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        cg_id = cgroup.cgroup_id(cgroup_path)
+        removed = _remove_programs(lib, fd, cg_id, keep=set())
+    finally:
+        os.close(fd)
+    for path in pins.pinned_programs(cg_id, pin_root).values():
+        pins.remove_pin(path)
+    return removed
+
+
 class GuardProbes:
     """The eBPF side of one guarded cgroup. Construct (validates), `attach()`, then the proxy
     calls `lookup_origin()` per accepted connection and the daemon calls `poll_events()`
@@ -229,12 +393,15 @@ class GuardProbes:
     def __init__(self, cgroup_path: str, proxy4: tuple[str, int], proxy6: tuple[str, int],
                  bypass: list[str], udp_mode: str = "dns-only", exempt_mark: int = 0x4547,
                  dns_ports: tuple[int, ...] = (53,),
-                 on_event: Callable[[KernelEvent], None] | None = None) -> None:
+                 on_event: Callable[[KernelEvent], None] | None = None,
+                 failure_mode: str = "closed", pin_root: str = pins.PIN_ROOT) -> None:
         if not os.path.isfile(os.path.join(cgroup_path, "cgroup.procs")):
             raise ValueError(f"{cgroup_path}: not a cgroup directory")
         if cgroup.is_root(cgroup_path):
             raise ValueError(f"{cgroup_path} is the root cgroup: refusing to redirect the whole "
                              "host; guard a child cgroup")
+        if failure_mode not in FAILURE_MODES:
+            raise ValueError(f"failure_mode {failure_mode!r}: expected closed or open")
         if udp_mode not in UDP_MODES:
             raise ValueError(f"udp_mode {udp_mode!r}: expected one of {', '.join(UDP_MODES)}")
         if not 0 < exempt_mark < 2**32:
@@ -253,10 +420,16 @@ class GuardProbes:
         self.exempt_mark = exempt_mark
         self.dns_ports = tuple(dns_ports)
         self.on_event = on_event
+        self.failure_mode = failure_mode
+        self.pin_root = pin_root
+        self.adopted: list[str] = []       # programs whose pinned link this instance took over
         self._bpf = None  # bcc.BPF while attached
         self._lib: _Libbpf | None = None
         self._cgroup_fd = -1
-        self._attached: list[tuple[int, int]] = []  # (prog fd, attach type)
+        self._attached: list[tuple[int, int]] = []  # legacy fallback: (prog fd, attach type)
+        self._links: list[_Link] = []
+        self._prog_ids: dict[str, int] = {}
+        self._cgroup_id = 0
         self._lost_reported = 0
         self._pending_events: list[KernelEvent] = []  # filled by _on_ringbuf during a poll
 
@@ -308,7 +481,12 @@ class GuardProbes:
     def attach(self) -> None:
         """Compile, load, fill the config maps, then attach to the cgroup and remove stale
         egressguard programs left there by a previous daemon. On failure nothing of this
-        instance stays attached."""
+        instance stays attached (an adopted pinned link keeps running the previous programs:
+        the update is the last step per link, so a failure never opens a gap).
+
+        How each program is attached follows `failure_mode` (see the module docstring):
+        closed adopts the pinned link (BPF_LINK_UPDATE swaps in the new program atomically)
+        or creates and pins one; open creates an unpinned link owned by this process."""
         if self.attached:
             raise RuntimeError("GuardProbes.attach() called twice")
         self._lib = _Libbpf()
@@ -317,8 +495,8 @@ class GuardProbes:
             fns = []
             for name, prog_type, attach_type in PROGRAMS:
                 try:
-                    fns.append((self._bpf.load_func(name.encode(), prog_type,
-                                                    attach_type=attach_type), attach_type))
+                    fns.append((name, self._bpf.load_func(name.encode(), prog_type,
+                                                          attach_type=attach_type), attach_type))
                 except Exception as e:  # verifier rejection; its log went to stderr
                     raise EnvironmentProblem(f"the kernel rejected eBPF program {name}: {e}") \
                         from None
@@ -326,17 +504,82 @@ class GuardProbes:
             self._bpf[b"eg_events"].open_ring_buffer(self._on_ringbuf)
 
             self._cgroup_fd = os.open(self.cgroup_path, os.O_RDONLY | os.O_DIRECTORY)
-            # Queried before ours are attached, so every eg_* program found here is stale.
-            stale = [p for p in _programs_on(self._lib, self._cgroup_fd)
-                     if p[2].startswith(PROG_PREFIX)]
-            for fn, attach_type in fns:
-                self._lib.attach(fn.fd, self._cgroup_fd, attach_type)
-                self._attached.append((fn.fd, attach_type))
-            for prog_id, attach_type, name in stale:
-                self._detach_stale(prog_id, attach_type, name)
+            self._cgroup_id = cgroup.cgroup_id(self.cgroup_path)
+            if self.failure_mode == "closed":
+                pins.ensure_bpffs(os.path.dirname(self.pin_root))
+                collect_defunct_pins(self._lib, self.pin_root)
+            for name, fn, attach_type in fns:
+                self._prog_ids[name] = self._lib.prog_id(fn.fd)
+                self._attach_one(name, fn.fd, attach_type)
+            removed = _remove_programs(self._lib, self._cgroup_fd, self._cgroup_id,
+                                       keep=set(self._prog_ids.values()))
+            for name in removed:
+                log.warning("removed stale egressguard program %s from %s", name,
+                            self.cgroup_path)
+            if self.failure_mode == "open":
+                for path in pins.pinned_programs(self._cgroup_id, self.pin_root).values():
+                    pins.remove_pin(path)  # a closed-mode predecessor's (now detached) pins
         except BaseException:
             self.detach()
             raise
+
+    def _attach_one(self, name: str, prog_fd: int, attach_type: int) -> None:
+        assert self._lib is not None
+        path = pins.pin_path(self._cgroup_id, name, self.pin_root)
+        if self.failure_mode == "closed":
+            link_fd = self._adoptable_link(path, attach_type)
+            if link_fd is not None:
+                try:
+                    self._lib.link_update(link_fd, prog_fd)
+                except BaseException:
+                    os.close(link_fd)
+                    raise
+                self._links.append(_Link(name, link_fd, attach_type, path))
+                self.adopted.append(name)
+                return
+        try:
+            link_fd = self._lib.link_create(prog_fd, self._cgroup_fd, attach_type)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            if self.failure_mode == "open":
+                raise EnvironmentProblem(
+                    f"failure_mode: open needs cgroup bpf_link attachments (Linux 5.7+), which "
+                    f"this kernel refused ({e.strerror}); use failure_mode: closed") from None
+            if not self._attached:
+                log.warning("this kernel has no cgroup bpf_link (%s): attaching with "
+                            "BPF_PROG_ATTACH, which also survives the daemon (fail closed)",
+                            e.strerror)
+            self._lib.attach(prog_fd, self._cgroup_fd, attach_type)
+            self._attached.append((prog_fd, attach_type))
+            return
+        link = _Link(name, link_fd, attach_type, None)
+        self._links.append(link)
+        if self.failure_mode == "closed":
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if path.exists():
+                path.unlink()  # a defunct pin (its link no longer attached here)
+            self._lib.pin(link_fd, str(path))
+            link.pin = path
+
+    def _adoptable_link(self, path: Path, attach_type: int) -> int | None:
+        """An fd of the pinned link at `path` when it still attaches to this cgroup with this
+        attach type; otherwise the pin is removed (it is defunct) and None returned."""
+        assert self._lib is not None
+        if not path.exists():
+            return None
+        try:
+            fd = self._lib.get_pinned(str(path))
+        except OSError:
+            pins.remove_pin(path)
+            return None
+        info = self._lib.link_info(fd)
+        if (info.type == _LINK_TYPE_CGROUP and info.cgroup_id == self._cgroup_id
+                and info.attach_type == attach_type):
+            return fd
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        return None
 
     def _fill_maps(self) -> None:
         bypass, one = self._bpf[b"eg_bypass"], ct.c_uint8(1)
@@ -346,36 +589,65 @@ class GuardProbes:
         for port in self.dns_ports:
             dns[ct.c_uint32(port)] = one
 
-    def _detach_stale(self, prog_id: int, attach_type: int, name: str) -> None:
-        try:
-            pfd = self._lib.prog_fd(prog_id)
-        except FileNotFoundError:
-            return
-        try:
-            self._lib.detach(pfd, self._cgroup_fd, attach_type)
-            log.warning("removed stale egressguard program %s (id %d) from %s",
-                        name, prog_id, self.cgroup_path)
-        except OSError as e:  # e.g. attached through a bpf_link, which only its owner removes
-            log.warning("could not remove stale program %s (id %d) from %s: %s",
-                        name, prog_id, self.cgroup_path, e)
-        finally:
-            os.close(pfd)
-
     def detach(self) -> None:
-        """Detach our programs and free everything; idempotent. Maps (and any records the proxy
-        has not looked up) go with the programs."""
+        """Detach our programs, remove our pins and free everything; idempotent. Maps (and any
+        records the proxy has not looked up) go with the programs."""
+        for link in self._links:
+            try:
+                self._lib.link_detach(link.fd)
+            except OSError as e:  # already gone, e.g. the cgroup was removed
+                if e.errno not in (errno.ENOENT, errno.ENOLINK, errno.EINVAL):
+                    log.warning("detaching %s from %s: %s", link.name, self.cgroup_path, e)
+            os.close(link.fd)
+            if link.pin is not None:
+                pins.remove_pin(link.pin)
+        self._links.clear()
         for prog_fd, attach_type in self._attached:
             try:
                 self._lib.detach(prog_fd, self._cgroup_fd, attach_type)
             except FileNotFoundError:  # already gone, e.g. the cgroup was removed
                 pass
         self._attached.clear()
+        self._free()
+
+    def release(self) -> None:
+        """Stop using the probes but leave the kernel side enforcing, for failure_mode: closed
+        (pinned links and legacy attachments outlive our descriptors): guarded connects keep
+        being redirected to the proxy port and are refused until a daemon listens again, which
+        then adopts them. In open mode nothing can stay, so this is `detach()`."""
+        if self.failure_mode != "closed":
+            self.detach()
+            return
+        for link in self._links:
+            os.close(link.fd)
+        self._links.clear()
+        self._attached.clear()
+        self._free()
+
+    def _free(self) -> None:
         if self._cgroup_fd >= 0:
             os.close(self._cgroup_fd)
             self._cgroup_fd = -1
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
+
+    def attachment_state(self) -> list[dict[str, object]]:
+        """Per hook, whether our program is attached to the cgroup right now (asked from the
+        kernel, not remembered), and how: for `egressctl status` and metrics."""
+        if not self.attached or self._lib is None:
+            return [{"program": n, "hook": _HOOK_NAMES[a], "attached": False, "via": ""}
+                    for n, _, a in PROGRAMS]
+        via = {link.name: "pinned link" if link.pin else "link" for link in self._links}
+        out = []
+        for name, _, attach_type in PROGRAMS:
+            try:
+                live = self._prog_ids.get(name) in self._lib.query(self._cgroup_fd, attach_type)
+            except OSError:
+                live = False
+            out.append({"program": name, "hook": _HOOK_NAMES[attach_type], "attached": live,
+                        "via": via.get(name, "prog attach")})
+        return out
 
     def lookup_origin(self, peer_ip: str, peer_port: int) -> ConnRecord | None:
         """The connect record of the client the proxy just accepted from (peer_ip, peer_port),

@@ -226,3 +226,100 @@ class ListFlowsResponse(_message.Message):
     FLOWS_FIELD_NUMBER: _ClassVar[int]
     flows: _containers.RepeatedCompositeFieldContainer[Flow]
     def __init__(self, flows: _Optional[_Iterable[_Union[Flow, _Mapping]]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ProbeStatus(_message.Message):
+    __slots__ = ("program", "hook", "attached", "via")
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    HOOK_FIELD_NUMBER: _ClassVar[int]
+    ATTACHED_FIELD_NUMBER: _ClassVar[int]
+    VIA_FIELD_NUMBER: _ClassVar[int]
+    program: str
+    hook: str
+    attached: bool
+    via: str
+    def __init__(self, program: _Optional[str] = ..., hook: _Optional[str] = ..., attached: _Optional[bool] = ..., via: _Optional[str] = ...) -> None: ...
+
+class SinkStatus(_message.Message):
+    __slots__ = ("name", "kind", "format", "acked_seq", "lag_events", "last_error")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAG_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    format: str
+    acked_seq: int
+    lag_events: int
+    last_error: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., format: _Optional[str] = ..., acked_seq: _Optional[int] = ..., lag_events: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("version", "pid", "started_at", "uptime_s", "config", "scope_cgroup", "cgroup_path", "failure_mode", "probes", "policy_hash", "policy_loaded_at", "rules", "detectors", "counters", "open_flows", "pending_holds", "held_bytes", "sinks", "metrics_listen")
+    class CountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_CGROUP_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_PATH_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_MODE_FIELD_NUMBER: _ClassVar[int]
+    PROBES_FIELD_NUMBER: _ClassVar[int]
+    POLICY_HASH_FIELD_NUMBER: _ClassVar[int]
+    POLICY_LOADED_AT_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    DETECTORS_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FLOWS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_HOLDS_FIELD_NUMBER: _ClassVar[int]
+    HELD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SINKS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_LISTEN_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    pid: int
+    started_at: float
+    uptime_s: float
+    config: str
+    scope_cgroup: str
+    cgroup_path: str
+    failure_mode: str
+    probes: _containers.RepeatedCompositeFieldContainer[ProbeStatus]
+    policy_hash: str
+    policy_loaded_at: float
+    rules: int
+    detectors: int
+    counters: _containers.ScalarMap[str, float]
+    open_flows: int
+    pending_holds: int
+    held_bytes: int
+    sinks: _containers.RepeatedCompositeFieldContainer[SinkStatus]
+    metrics_listen: str
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., uptime_s: _Optional[float] = ..., config: _Optional[str] = ..., scope_cgroup: _Optional[str] = ..., cgroup_path: _Optional[str] = ..., failure_mode: _Optional[str] = ..., probes: _Optional[_Iterable[_Union[ProbeStatus, _Mapping]]] = ..., policy_hash: _Optional[str] = ..., policy_loaded_at: _Optional[float] = ..., rules: _Optional[int] = ..., detectors: _Optional[int] = ..., counters: _Optional[_Mapping[str, float]] = ..., open_flows: _Optional[int] = ..., pending_holds: _Optional[int] = ..., held_bytes: _Optional[int] = ..., sinks: _Optional[_Iterable[_Union[SinkStatus, _Mapping]]] = ..., metrics_listen: _Optional[str] = ...) -> None: ...
+
+class ReloadRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadResponse(_message.Message):
+    __slots__ = ("outcome", "policy_hash", "previous_hash", "errors")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    POLICY_HASH_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_HASH_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    outcome: str
+    policy_hash: str
+    previous_hash: str
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, outcome: _Optional[str] = ..., policy_hash: _Optional[str] = ..., previous_hash: _Optional[str] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...

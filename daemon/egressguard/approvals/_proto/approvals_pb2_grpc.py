@@ -64,6 +64,16 @@ class ApprovalsStub:
                 request_serializer=egressguard_dot_v1_dot_approvals__pb2.ListFlowsRequest.SerializeToString,
                 response_deserializer=egressguard_dot_v1_dot_approvals__pb2.ListFlowsResponse.FromString,
                 _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/egressguard.v1.Approvals/Status',
+                request_serializer=egressguard_dot_v1_dot_approvals__pb2.StatusRequest.SerializeToString,
+                response_deserializer=egressguard_dot_v1_dot_approvals__pb2.StatusResponse.FromString,
+                _registered_method=True)
+        self.Reload = channel.unary_unary(
+                '/egressguard.v1.Approvals/Reload',
+                request_serializer=egressguard_dot_v1_dot_approvals__pb2.ReloadRequest.SerializeToString,
+                response_deserializer=egressguard_dot_v1_dot_approvals__pb2.ReloadResponse.FromString,
+                _registered_method=True)
 
 
 class ApprovalsServicer:
@@ -114,6 +124,23 @@ class ApprovalsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Status(self, request, context):
+        """The daemon's state: version, uptime, scope, probes per hook, policy hash, counters, holds,
+        sinks, failure mode. Any local user may ask (it names no flow or user).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reload(self, request, context):
+        """Re-read the policy and detectors and swap them in, or keep the running ones and return the
+        same errors `egressguard check` prints. Only root and approvers may reload
+        (PERMISSION_DENIED otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ApprovalsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +173,16 @@ def add_ApprovalsServicer_to_server(servicer, server):
                     servicer.ListFlows,
                     request_deserializer=egressguard_dot_v1_dot_approvals__pb2.ListFlowsRequest.FromString,
                     response_serializer=egressguard_dot_v1_dot_approvals__pb2.ListFlowsResponse.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=egressguard_dot_v1_dot_approvals__pb2.StatusRequest.FromString,
+                    response_serializer=egressguard_dot_v1_dot_approvals__pb2.StatusResponse.SerializeToString,
+            ),
+            'Reload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reload,
+                    request_deserializer=egressguard_dot_v1_dot_approvals__pb2.ReloadRequest.FromString,
+                    response_serializer=egressguard_dot_v1_dot_approvals__pb2.ReloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +347,60 @@ class Approvals:
             '/egressguard.v1.Approvals/ListFlows',
             egressguard_dot_v1_dot_approvals__pb2.ListFlowsRequest.SerializeToString,
             egressguard_dot_v1_dot_approvals__pb2.ListFlowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/egressguard.v1.Approvals/Status',
+            egressguard_dot_v1_dot_approvals__pb2.StatusRequest.SerializeToString,
+            egressguard_dot_v1_dot_approvals__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/egressguard.v1.Approvals/Reload',
+            egressguard_dot_v1_dot_approvals__pb2.ReloadRequest.SerializeToString,
+            egressguard_dot_v1_dot_approvals__pb2.ReloadResponse.FromString,
             options,
             channel_credentials,
             insecure,
