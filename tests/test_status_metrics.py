@@ -1,0 +1,101 @@
+"""Visibility: the metrics listener on a real EventBus, then a real daemon's `egressctl status`
+(text and --json) and its Prometheus endpoint on loopback, after real guarded traffic."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from typing import Any
+
+import pytest
+
+from egressguard.events import EventBus
+from egressguard.harness import GuardedHost, free_port, scratch_dir
+from egressguard.kernel.probes import PROGRAMS
+from egressguard.metrics import GuardMetrics
+from egressguard.model import Action, Destination, FlowInfo, Process, Verdict
+from egressguard.reload import policy_hash
+from tests.test_e2e_guard import EMAIL, Agent, http_post, policy, wait_for
+from tests.tools.servers import RecordingServer
+
+
+def _flow(action: Action) -> FlowInfo:
+    proc = Process(pid=1, tgid=1, uid=65534, gid=65534, comm="agent", cgroup_id=1)
+    flow = FlowInfo("f-1", proc, Destination("127.20.0.1", 443), 0.0)
+    flow.verdict = Verdict(action, "r", "why")
+    return flow
+
+
+def test_metrics_count_flow_events_from_the_bus() -> None:
+    bus, m = EventBus(), GuardMetrics()
+    bus.subscribe(m.on_event)
+    bus.emit("flow.open", _flow(Action.MASK), {})
+    bus.emit("flow.detect", _flow(Action.MASK), {"detections": [
+        {"detector": "pii.email", "class": "pii"}, {"detector": "pii.email", "class": "pii"}]})
+    bus.emit("flow.close", _flow(Action.MASK), {"bytes_up": 100, "bytes_down": 7})
+    bus.emit("flow.hold", None, {"hold_id": "h-1"})
+    bus.emit("flow.decision", None, {"hold_id": "h-1", "outcome": "approved"})
+    bus.emit("proxy.refused", None, {"reason": "cap"})
+    bus.emit("policy.reload", None, {"outcome": "rejected"})
+    assert m.value("egressguard_flows_opened_total") == 1
+    assert m.value("egressguard_flows_total", {"action": "mask"}) == 1
+    assert m.value("egressguard_detections_total", {"detector": "pii.email", "class": "pii"}) == 2
+    assert m.value("egressguard_bytes_total", {"direction": "up"}) == 100
+    assert m.value("egressguard_hold_decisions_total", {"outcome": "approved"}) == 1
+    assert m.value("egressguard_hold_decision_seconds_count") == 1
+    assert m.value("egressguard_proxy_errors_total", {"kind": "refused"}) == 1
+    assert m.value("egressguard_policy_reloads_total", {"outcome": "rejected"}) == 1
+    assert m.total("egressguard_flows") == 1
+
+
+@pytest.mark.kernel
+def test_status_and_metrics_of_a_running_daemon() -> None:
+    d = scratch_dir("eg-status-")
+    os.chmod(d, 0o755)
+    metrics_port = free_port()
+    cfg = policy(d / "h", metrics={"listen": f"127.0.0.1:{metrics_port}"})
+    with GuardedHost(d / "h", cfg) as host, RecordingServer("127.20.8.1") as server:
+        report = Agent(host, d).run(server.host, server.port,
+                                    http_post(b'{"to": "' + EMAIL.encode() + b'"}'))
+        assert report["error"] is None
+        wait_for(lambda: server.connections and server.connections[0].closed)
+
+        def status() -> dict[str, Any]:
+            res = host.egressctl("status", "--json")
+            assert res.returncode == 0, res.stderr
+            return json.loads(res.stdout)
+
+        s = wait_for(lambda: (lambda s: s if s["counters"]["flows_closed"] >= 1 else None)(
+            status()))
+        assert s["failure_mode"] == "closed" and s["scope_cgroup"] == host.cgroup_rel
+        assert s["policy"]["hash"] == policy_hash(str(host.config_path))
+        assert s["policy"]["rules"] == 3 and s["policy"]["detectors"] > 10
+        assert [p["program"] for p in s["probes"]] == [n for n, _, _ in PROGRAMS]
+        assert all(p["attached"] and p["via"] == "pinned link" for p in s["probes"])
+        assert s["counters"]["flows_opened"] >= 1 and s["counters"]["flows_mask"] >= 1
+        assert s["counters"]["detections"] >= 1 and s["counters"]["bytes_up"] > 0
+        assert s["pending_holds"] == 0 and s["sinks"] == [] and s["uptime_s"] > 0
+        assert s["metrics_listen"] == f"127.0.0.1:{metrics_port}"
+        assert EMAIL not in json.dumps(s)
+
+        text = host.egressctl("status")
+        assert text.returncode == 0
+        assert f"probes:       {len(PROGRAMS)}/{len(PROGRAMS)} attached via pinned link" \
+            in text.stdout
+        assert s["policy"]["hash"][:12] in text.stdout and "sinks:        none" in text.stdout
+        assert host.egressctl("status", uid=65534).returncode == 0   # anyone may look
+
+        def scrape() -> str:
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return resp.read().decode()
+
+        body = wait_for(lambda: (lambda b: b if "egressguard_probe_attached{hook=\"connect4\""
+                                 in b else None)(scrape()))
+        assert 'egressguard_probe_attached{hook="connect4",program="eg_connect4"} 1.0' in body
+        assert 'egressguard_flows_total{action="mask"} 1.0' in body
+        assert 'egressguard_detections_total{class="pii",detector="pii.email"} 1.0' in body
+        assert "egressguard_holds_pending 0.0" in body
+        assert f'policy_hash="{s["policy"]["hash"]}"' in body
+        assert EMAIL not in body
