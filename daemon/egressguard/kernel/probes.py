@@ -556,10 +556,17 @@ class GuardProbes:
         link = _Link(name, link_fd, attach_type, None)
         self._links.append(link)
         if self.failure_mode == "closed":
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if path.exists():
-                path.unlink()  # a defunct pin (its link no longer attached here)
-            self._lib.pin(link_fd, str(path))
+            try:
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if path.exists():
+                    path.unlink()  # a defunct pin (its link no longer attached here)
+                self._lib.pin(link_fd, str(path))
+            except OSError as e:
+                raise EnvironmentProblem(
+                    f"failure_mode: closed pins the probes under {self.pin_root}, which failed "
+                    f"({e.strerror or e}); under systemd, ProtectKernelTunables=yes makes "
+                    "/sys/fs/bpf read-only: leave it out (see systemd/egressguard.service), or "
+                    "set failure_mode: open") from None
             link.pin = path
 
     def _adoptable_link(self, path: Path, attach_type: int) -> int | None:
