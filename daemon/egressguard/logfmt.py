@@ -1,10 +1,12 @@
-"""Daemon logs: one key=value line per event on stderr (journald keeps them), with levels.
+"""Daemon logs: one key=value (or, with --log-format json, JSON) line per event on stderr
+(journald keeps them), with levels.
 
 Log lines carry ids, names and masked previews only: the data path never logs payload bytes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -27,9 +29,24 @@ class KeyValueFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: str) -> None:
+class JsonFormatter(KeyValueFormatter):
+    """The same fields as one JSON object per line, for log shippers that parse JSON."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        out = {"time": f"{ts}.{int(record.msecs):03d}Z", "level": record.levelname.lower(),
+               "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]            # class and place only, as above
+            tb = traceback.extract_tb(exc.__traceback__)
+            out["error"] = exc.__class__.__name__
+            out["at"] = f"{tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else "?"
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(level: str, fmt: str = "kv") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

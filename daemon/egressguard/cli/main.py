@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the guard in the foreground")
     run.add_argument("--config", required=True, help="policy file (YAML)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-format", default="kv", choices=["kv", "json"],
+                     help="key=value lines (default) or one JSON object per line")
     check = sub.add_parser("check", help="validate a policy file and its detectors")
     check.add_argument("--config", required=True, help="policy file (YAML)")
     detach = sub.add_parser("detach", help="remove the probes (and their pins) that a stopped "
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "detach":
         from egressguard.cli.detach import detach
         return detach(args.config)
-    return _run(args.config, args.log_level)
+    return _run(args.config, args.log_level, args.log_format)
 
 
 def _check(path: str) -> int:
@@ -73,10 +75,10 @@ def _check(path: str) -> int:
     return EXIT_OK
 
 
-def _run(path: str, level: str) -> int:
+def _run(path: str, level: str, fmt: str = "kv") -> int:
     from egressguard.daemon import run_daemon
     from egressguard.logfmt import setup_logging
-    setup_logging(level)
+    setup_logging(level, fmt)
     try:
         return asyncio.run(run_daemon(path))
     except EgressGuardError as exc:
