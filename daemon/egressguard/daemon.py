@@ -114,6 +114,9 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
     from egressguard.runtime import DaemonState
     from egressguard.sdnotify import Notifier
 
+    # Python's default for SIGHUP is to exit: until the loop's reload handler is installed, a
+    # reload request (the file is being read right now anyway) must not kill a starting daemon.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = parse_config(path)              # validate before touching anything
     check_environment(config.scope.cgroup)
     _raise_fd_limit()
