@@ -276,7 +276,9 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
         await proxy.stop()
         if server is not None:
             await server.stop()
-        bus.emit("daemon.stop", None, {"pid": os.getpid()})
+        bus.emit("daemon.stop", None, {
+            "pid": os.getpid(),
+            "probes": "kept" if attached and config.failure_mode == "closed" else "detached"})
         try:
             await asyncio.wait_for(audit.close(), AUDIT_START_TIMEOUT * 3)
         except asyncio.TimeoutError:

@@ -480,9 +480,9 @@ class GuardProbes:
 
     def attach(self) -> None:
         """Compile, load, fill the config maps, then attach to the cgroup and remove stale
-        egressguard programs left there by a previous daemon. On failure nothing of this
-        instance stays attached (an adopted pinned link keeps running the previous programs:
-        the update is the last step per link, so a failure never opens a gap).
+        egressguard programs left there by a previous daemon. On failure, open mode leaves
+        nothing attached; closed mode keeps what is pinned (a predecessor's adopted links, or
+        ours), so a failed start never opens the cgroup (unpinned links go with our fds).
 
         How each program is attached follows `failure_mode` (see the module docstring):
         closed adopts the pinned link (BPF_LINK_UPDATE swaps in the new program atomically)
@@ -520,7 +520,7 @@ class GuardProbes:
                 for path in pins.pinned_programs(self._cgroup_id, self.pin_root).values():
                     pins.remove_pin(path)  # a closed-mode predecessor's (now detached) pins
         except BaseException:
-            self.detach()
+            self.release()      # closed: pinned links stay (fail closed); open: detach()
             raise
 
     def _attach_one(self, name: str, prog_fd: int, attach_type: int) -> None:
