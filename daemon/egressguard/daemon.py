@@ -95,6 +95,7 @@ async def run_daemon(path: str) -> int:
     from egressguard.approvals.holds import HoldRegistry
     from egressguard.approvals.service import start_approval_server
     from egressguard.audit.keys import load_or_create_key
+    from egressguard.audit.sinks.runner import start_sinks
     from egressguard.audit.writer import AuditLog
     from egressguard.kernel.cgroup import cgroup2_mount
     from egressguard.kernel.identity import process_identity
@@ -111,7 +112,7 @@ async def run_daemon(path: str) -> int:
     loaded = compile_config(config, key)
     mount = cgroup2_mount()
 
-    audit = AuditLog(config.audit.path)
+    audit = AuditLog(config.audit.path, rotate_bytes=config.audit.rotate_size or None)
     try:
         await audit.start()
     except OSError as exc:
@@ -119,6 +120,8 @@ async def run_daemon(path: str) -> int:
         # under a regular file) fails with a bare OSError, which must not become a traceback.
         raise EnvironmentProblem(_path_problem("audit log", "audit.path", config.audit.path,
                                                exc)) from None
+    # SIEM sinks read the written log on their own thread: they never slow enforcement.
+    sinks = start_sinks(config)
     bus = EventBus()
     bus.subscribe(lambda event, flow, fields: audit.append(audit_record(event, flow, fields)))
     bus.subscribe(_log_event)
@@ -217,6 +220,8 @@ async def run_daemon(path: str) -> int:
         except asyncio.TimeoutError:
             log.error("audit log %s: %d event(s) could not be written before exit",
                       config.audit.path, audit.pending)
+        if sinks is not None:
+            sinks.stop()
     return 0
 
 
