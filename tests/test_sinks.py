@@ -5,6 +5,7 @@ the lag of a sink whose receiver is down."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -53,6 +55,22 @@ def log_entries(path: Path) -> list:
     return LogReader(str(path)).read_after(Cursor(), 10**7)
 
 
+@contextlib.contextmanager
+def shipping(log: Path, specs: list, tmp_path: Path) -> Iterator[SinkRunner]:
+    """A started SinkRunner with its cursors under tmp_path/state; always stopped."""
+    runner = SinkRunner(str(log), specs, str(tmp_path / "state"), ctx=CTX, poll_s=0.05)
+    runner.start()
+    try:
+        yield runner
+    finally:
+        runner.stop()
+
+
+def first_error(runner: SinkRunner, name: str) -> dict:
+    """Wait for the sink's first failure; its status then."""
+    return wait_for(lambda: (s := status_of(runner, name))["last_error"] and s)
+
+
 def status_of(runner: SinkRunner, name: str) -> dict:
     return next(s for s in runner.status() if s["name"] == name)
 
@@ -88,13 +106,9 @@ def test_rsyslog_receives_every_seq(tmp_path: Path, pki, transport: str, fmt: st
     with Rsyslog(tmp_path / "rsyslog", pki if transport == "tls" else None) as rs:
         spec = SinkSpec(name="siem", type="syslog", format=fmt, transport=transport,
                         address=("127.0.0.1", rs.port), tls=tls, batch=64, **FAST)
-        runner = SinkRunner(str(log), [spec], str(tmp_path / "state"), ctx=CTX, poll_s=0.05)
-        runner.start()
-        try:
+        with shipping(log, [spec], tmp_path) as runner:
             seqs = rs.wait_for(set(range(1, 301)))
             wait_for(lambda: status_of(runner, "siem")["acked_seq"] == 300)
-        finally:
-            runner.stop()
         assert sorted(set(seqs)) == list(range(1, 301)) and len(seqs) == 300
         entries = log_entries(log)
         for line, entry in zip(rs.lines(), entries):
@@ -136,6 +150,34 @@ def test_rsyslog_parses_hostile_structured_data_as_sent(tmp_path: Path) -> None:
     assert text.startswith("payload ] [")
 
 
+def test_udp_for_legacy_receivers(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    write(log, 50)
+    with Rsyslog(tmp_path / "rsyslog", udp_port=free_port()) as rs:
+        assert rs.udp_port is not None
+        spec = SinkSpec(name="legacy", type="syslog", transport="udp", format="ecs",
+                        address=("127.0.0.1", rs.udp_port), **FAST)
+        with shipping(log, [spec], tmp_path) as runner:
+            # loopback rarely drops a datagram, but UDP promises nothing: this checks the
+            # format and framing (one message per datagram, no length prefix), not delivery
+            seqs = rs.wait_for(set(range(1, 51)), 30)
+    assert set(seqs) == set(range(1, 51))
+    assert json.loads(rs.lines()[0].split(b"\t", 2)[2])["event"]["sequence"] == seqs[0]
+
+
+def test_tls_receiver_with_a_certificate_of_another_ca_is_refused(tmp_path: Path, pki) -> None:
+    other = make_test_pki(tmp_path / "other")
+    log = tmp_path / "audit.jsonl"
+    write(log, 10)
+    with Rsyslog(tmp_path / "rsyslog", other) as rs:        # its certificate is not ours
+        spec = SinkSpec(name="siem", type="syslog", transport="tls", tls=TlsSpec(ca=str(pki.ca)),
+                        address=("127.0.0.1", rs.port), **FAST)
+        with shipping(log, [spec], tmp_path) as runner:
+            st = first_error(runner, "siem")
+        assert "certificate verify failed" in st["last_error"]
+        assert st["acked_seq"] == 0 and rs.seqs() == []
+
+
 def test_outage_of_rsyslog_loses_none_of_5000_events(tmp_path: Path) -> None:
     """rsyslog stops; 5,000 events are written (the log rotates meanwhile); status shows the
     lag; rsyslog starts again: all arrive, in order, duplicates only at the reconnect."""
@@ -145,20 +187,16 @@ def test_outage_of_rsyslog_loses_none_of_5000_events(tmp_path: Path) -> None:
     rs.start()
     spec = SinkSpec(name="siem", type="syslog", format="json", address=("127.0.0.1", rs.port),
                     batch=200, **FAST)
-    runner = SinkRunner(str(log), [spec], str(tmp_path / "state"), ctx=CTX, poll_s=0.05)
-    runner.start()
-    try:
+    with shipping(log, [spec], tmp_path) as runner:
         rs.wait_for(set(range(1, 11)))
         rs.stop()
         write(log, 5000, start=10, rotate=256 * 1024)
         assert len(segments.rotated(str(log))) >= 2
-        st = wait_for(lambda: (s := status_of(runner, "siem"))["last_error"] and s)
+        st = first_error(runner, "siem")
         assert st["lag_events"] >= 4800 and st["head_seq"] == 5010
         rs.start()
         seqs = rs.wait_for(set(range(1, 5011)), 120)
         wait_for(lambda: status_of(runner, "siem")["lag_events"] == 0)
-    finally:
-        runner.stop()
         rs.stop()
     restarts = in_order_with_boundary_duplicates(seqs, 5010)
     assert restarts <= 2 and len(seqs) - 5010 <= 2 * spec.batch
@@ -169,12 +207,9 @@ def test_status_shows_growing_lag_while_the_receiver_is_down(tmp_path: Path) -> 
     port = free_port()                                       # nothing listens here yet
     spec = SinkSpec(name="down", type="syslog", address=("127.0.0.1", port), **FAST)
     other = SinkSpec(name="beats", type="file", path=str(tmp_path / "ship.jsonl"))
-    runner = SinkRunner(str(log), [spec, other], str(tmp_path / "state"), ctx=CTX,
-                        poll_s=0.05)
-    runner.start()
-    try:
+    with shipping(log, [spec, other], tmp_path) as runner:
         write(log, 100)
-        st = wait_for(lambda: (s := status_of(runner, "down"))["last_error"] and s)
+        st = first_error(runner, "down")
         assert st["lag_events"] == 100 and st["acked_seq"] == 0
         assert "cannot connect" in st["last_error"] and st["last_success"] is None
         assert {k for k in st} >= {"name", "kind", "format", "acked_seq", "lag_events",
@@ -189,25 +224,16 @@ def test_status_shows_growing_lag_while_the_receiver_is_down(tmp_path: Path) -> 
             st = status_of(runner, "down")
             assert st["last_error"] is None and st["last_success"] and st["acked_seq"] == 250
             assert sorted(set(rs.seqs())) == list(range(1, 251))
-    finally:
-        runner.stop()
 
 
 def test_restart_resumes_from_the_durable_cursor(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     out = tmp_path / "ship.jsonl"
     spec = SinkSpec(name="beats", type="file", path=str(out), batch=50)
-    write(log, 120)
-    for _round in range(2):
-        runner = SinkRunner(str(log), [spec], str(tmp_path / "state"), ctx=CTX, poll_s=0.05)
-        runner.start()
-        wait_for(lambda: status_of(runner, "beats")["acked_seq"] == 120 * (_round + 1))
-        runner.stop()
-        write(log, 120, start=120)
-    runner = SinkRunner(str(log), [spec], str(tmp_path / "state"), ctx=CTX, poll_s=0.05)
-    runner.start()
-    wait_for(lambda: status_of(runner, "beats")["acked_seq"] == 360)
-    runner.stop()
+    for round_ in range(3):                 # ship, stop, write more, start again
+        write(log, 120, start=120 * round_)
+        with shipping(log, [spec], tmp_path) as runner:
+            wait_for(lambda: status_of(runner, "beats")["acked_seq"] == 120 * (round_ + 1))
     lines = out.read_bytes().splitlines()
     assert [json.loads(ln)["seq"] for ln in lines] == list(range(1, 361))   # no repeats
     assert lines == [e.line for e in log_entries(log)]
@@ -218,16 +244,12 @@ def test_a_reset_chain_is_shipped_from_its_start(tmp_path: Path) -> None:
     out = tmp_path / "ship.jsonl"
     spec = SinkSpec(name="beats", type="file", path=str(out), batch=50)
     write(log, 40)
-    runner = SinkRunner(str(log), [spec], str(tmp_path / "state"), ctx=CTX, poll_s=0.05)
-    runner.start()
-    try:
+    with shipping(log, [spec], tmp_path) as runner:
         wait_for(lambda: status_of(runner, "beats")["acked_seq"] == 40)
         with open(log, "ab") as fh:
             fh.write(b"tampered\n")
         write(log, 5)                         # the writer sets the log aside: new chain
         wait_for(lambda: len(out.read_bytes().splitlines()) == 46)
-    finally:
-        runner.stop()
     events = [json.loads(ln) for ln in out.read_bytes().splitlines()]
     assert events[40]["event"] == "audit.chain_reset" and events[40]["seq"] == 1
     assert [e["seq"] for e in events[40:]] == list(range(1, 7))
@@ -246,15 +268,11 @@ def test_hec_requests_headers_token_and_batches(tmp_path: Path, fmt: str,
         hec.fail_with = 503                    # busy first: retried, nothing lost
         spec = SinkSpec(name="splunk", type="hec", format=fmt, url=hec.url, token=token,
                         index="security", sourcetype="", batch=100, **FAST)
-        runner = SinkRunner(str(log), [spec], str(tmp_path / "state"), ctx=CTX, poll_s=0.05)
-        runner.start()
-        try:
-            st = wait_for(lambda: (s := status_of(runner, "splunk"))["last_error"] and s)
+        with shipping(log, [spec], tmp_path) as runner:
+            st = first_error(runner, "splunk")
             assert "503" in st["last_error"] and token not in json.dumps(runner.status())
             hec.fail_with = None
             wait_for(lambda: status_of(runner, "splunk")["acked_seq"] == 250)
-        finally:
-            runner.stop()
         requests = list(hec.requests)
     assert token not in caplog.text
     assert len(requests) == 3                                    # 100 + 100 + 50
@@ -289,12 +307,8 @@ def test_hec_wrong_token_is_an_error_not_a_loss(tmp_path: Path) -> None:
     write(log, 20)
     with HecServer("right-token") as hec:
         spec = SinkSpec(name="splunk", type="hec", url=hec.url, token="wrong-token", **FAST)
-        runner = SinkRunner(str(log), [spec], str(tmp_path / "state"), ctx=CTX, poll_s=0.05)
-        runner.start()
-        try:
-            st = wait_for(lambda: (s := status_of(runner, "splunk"))["last_error"] and s)
-        finally:
-            runner.stop()
+        with shipping(log, [spec], tmp_path) as runner:
+            st = first_error(runner, "splunk")
     assert "403" in st["last_error"] and "Invalid token" in st["last_error"]
     assert st["acked_seq"] == 0 and st["lag_events"] == 20
 

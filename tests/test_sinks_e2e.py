@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -43,9 +44,18 @@ def file_seqs(path: Path) -> list[int]:
     return [json.loads(ln)["unmapped"]["seq"] for ln in path.read_bytes().splitlines()]
 
 
-def test_daemon_ships_every_event_across_kill_9(tmp_path: Path) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="eg-sinks-"))
-    os.chmod(workdir, 0o755)
+@pytest.fixture
+def workdir():
+    """Readable by the agent (nobody), which pytest's tmp_path is not; removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix="eg-sinks-"))
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_daemon_ships_every_event_across_kill_9(workdir: Path) -> None:
     shipped = workdir / "ship.ocsf.jsonl"
     payload = http_post(b'{"to": "' + EMAIL.encode() + b'", "key": "' + AWS_KEY_ID.encode()
                         + b'"}')

@@ -105,6 +105,7 @@ class Rsyslog:
     tls: TestPki | None = None
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    udp_port: int | None = None          # also listen on UDP (imudp) when set
 
     @property
     def output(self) -> Path:
@@ -130,6 +131,9 @@ class Rsyslog:
             f'  action(type="omfile" file="{self.output}" template="egt")',
             '}',
             f'input(type="imtcp" address="127.0.0.1" port="{self.port}" ruleset="eg")',
+            *([f'module(load="imudp")',
+               f'input(type="imudp" address="127.0.0.1" port="{self.udp_port}" ruleset="eg")']
+              if self.udp_port else []),
             ""])
 
     def start(self, timeout: float = 20.0) -> None:
