@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from egressguard.audit import segments
-from egressguard.audit.reader import ChainMoved, Cursor, LogReader
+from egressguard.audit.reader import ChainMoved, Cursor, LogCorrupt, LogReader
 from egressguard.audit.verify import verify, verify_set
 from egressguard.audit.writer import AuditLog
 
@@ -170,3 +170,21 @@ def test_reader_resumes_from_a_cursor_in_any_file_and_detects_a_reset(tmp_path):
         pass
     else:
         raise AssertionError("a cursor past the end of the log must be refused")
+
+
+def test_reader_after_an_error_resumes_from_the_cursor_not_past_it(tmp_path):
+    """A bad line mid-batch: the events read before it are not returned, so the next call must
+    position from the cursor again rather than continue behind them."""
+    path = tmp_path / "audit.jsonl"
+    asyncio.run(write_rotating(path, 50, rotate=10**9))
+    data = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(data[:30]) + b"not json\n" + b"".join(data[30:]))
+    reader = LogReader(str(path))
+    try:
+        reader.read_after(Cursor(), 100)
+    except LogCorrupt as exc:
+        assert "not a JSON line" in str(exc)
+    else:
+        raise AssertionError("a bad line must be an error")
+    path.write_bytes(b"".join(data))              # repaired
+    assert [e.seq for e in reader.read_after(Cursor(), 100)] == list(range(1, 51))

@@ -33,6 +33,7 @@ from tests.test_sink_formats import RAW_SECRET
 from tests.tools.receivers import HecServer, Rsyslog, make_test_pki
 
 CTX = FormatContext(hostname="guard-01", version="0.1.0")
+SHIP = str(Path(__file__).parent / "tools" / "ship.py")
 FAST = {"retry_initial": 0.05, "retry_max": 0.5}
 
 
@@ -302,6 +303,21 @@ def time_of(event: dict) -> float:
     return dt.datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp()
 
 
+def test_hec_over_https_verifies_the_server(tmp_path: Path, pki) -> None:
+    log = tmp_path / "audit.jsonl"
+    write(log, 40)
+    with HecServer("tok", tls=pki) as hec:
+        good = SinkSpec(name="good", type="hec", url=hec.url, token="tok",
+                        tls=TlsSpec(ca=str(pki.ca)), **FAST)
+        bad = SinkSpec(name="bad", type="hec", url=hec.url, token="tok",
+                       tls=TlsSpec(ca=str(make_test_pki(tmp_path / "other").ca)), **FAST)
+        with shipping(log, [good, bad], tmp_path) as runner:
+            wait_for(lambda: status_of(runner, "good")["acked_seq"] == 40)
+            st = first_error(runner, "bad")
+        assert [e["fields"]["seq"] for e in hec.events()] == list(range(1, 41))
+    assert "certificate verify failed" in st["last_error"] and st["acked_seq"] == 0
+
+
 def test_hec_wrong_token_is_an_error_not_a_loss(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     write(log, 20)
@@ -315,24 +331,54 @@ def test_hec_wrong_token_is_an_error_not_a_loss(tmp_path: Path) -> None:
 
 # -- file and stdout -------------------------------------------------------------------------
 
+def ship_process(log: Path, state: Path, spec: dict, until: int = 0,
+                 **popen: object) -> subprocess.Popen:
+    argv = [sys.executable, SHIP, str(log), str(state), json.dumps(spec)]
+    return subprocess.Popen(argv + (["--until-acked", str(until)] if until else []), **popen)
+
+
 def test_stdout_sink_writes_one_event_per_line(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     write(log, 30)
-    script = (
-        "import sys, time\n"
-        "from egressguard.audit.sinks.runner import SinkRunner\n"
-        "from egressguard.audit.sinkconfig import SinkSpec\n"
-        f"r = SinkRunner({str(log)!r}, [SinkSpec(name='journal', type='stdout', format='ecs')],"
-        f" {str(tmp_path / 'state')!r}, poll_s=0.05)\n"
-        "r.start()\n"
-        "deadline = time.monotonic() + 30\n"
-        "while r.status()[0]['acked_seq'] < 30 and time.monotonic() < deadline:\n"
-        "    time.sleep(0.05)\n"
-        "r.stop()\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
-    docs = [json.loads(ln) for ln in out.stdout.splitlines()]
+    proc = ship_process(log, tmp_path / "state", {"name": "journal", "type": "stdout",
+                                                  "format": "ecs"}, until=30,
+                        stdout=subprocess.PIPE)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    docs = [json.loads(ln) for ln in out.splitlines()]
     assert [d["event"]["sequence"] for d in docs] == list(range(1, 31))
     assert all(d["network"]["direction"] == "egress" for d in docs)
+
+
+def test_kill_9_of_the_shipper_during_5000_events_loses_nothing(tmp_path: Path) -> None:
+    """rsyslog down, 5,000 events written, the shipper started, rsyslog back, the shipper
+    killed with SIGKILL mid-delivery and started again: every seq arrives, in order, with
+    repeats only where the shipper restarted (from its durable cursor)."""
+    log = tmp_path / "audit.jsonl"
+    rs = Rsyslog(tmp_path / "rsyslog")
+    spec = {"name": "siem", "type": "syslog", "format": "cef", "batch": 50,
+            "address": ["127.0.0.1", rs.port], **FAST}
+    write(log, 5000, rotate=512 * 1024)
+    first = ship_process(log, tmp_path / "state", spec)
+    second: subprocess.Popen | None = None
+    try:
+        rs.start()
+        wait_for(lambda: len(rs.seqs()) > 1500, 120)
+        first.kill()
+        first.wait(10)
+        cursor = json.loads((tmp_path / "state" / "sinks" / "siem.cursor").read_text())
+        assert 1500 <= cursor["seq"] < 5000
+        second = ship_process(log, tmp_path / "state", spec, until=5000)
+        assert second.wait(180) == 0
+        seqs = rs.wait_for(set(range(1, 5001)), 60)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        rs.stop()
+    assert in_order_with_boundary_duplicates(seqs, 5000) <= 2
+    assert len(seqs) - 5000 <= 2 * 50
 
 
 # -- configuration ---------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from egressguard.scan.redact import redact_args
 log = logging.getLogger("egressguard.daemon")
 
 AUDIT_START_TIMEOUT = 10.0     # seconds for the first audit events to reach the disk
+SINK_DRAIN_TIMEOUT = 3.0       # seconds healthy sinks get to ship the last events at stop
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,7 @@ async def run_daemon(path: str) -> int:
             log.error("audit log %s: %d event(s) could not be written before exit",
                       config.audit.path, audit.pending)
         if sinks is not None:
-            sinks.stop()
+            sinks.stop(drain_s=SINK_DRAIN_TIMEOUT)
     return 0
 
 

@@ -223,7 +223,7 @@ class HecRequest:
 
 
 class HecServer:
-    def __init__(self, token: str):
+    def __init__(self, token: str, tls: TestPki | None = None):
         self.token = token
         self.requests: list[HecRequest] = []
         self.fail_with: int | None = None
@@ -257,12 +257,19 @@ class HecServer:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls.server_cert), str(tls.server_key))
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/services/collector/event"
+        return f"{self.scheme}://127.0.0.1:{self.port}/services/collector/event"
 
     def events(self) -> list[dict]:
         with self.lock:

@@ -69,13 +69,17 @@ class LogReader:
         if self._fh is None or self._at != cursor.seq:
             self._position(cursor)
         out: list[LogEntry] = []
-        while len(out) < max_events and self._fh is not None:
-            entry = self._next_line()
-            if entry is None:
-                if not self._advance():
-                    break
-                continue
-            out.append(entry)
+        try:
+            while len(out) < max_events and self._fh is not None:
+                entry = self._next_line()
+                if entry is None:
+                    if not self._advance():
+                        break
+                    continue
+                out.append(entry)
+        except BaseException:
+            self.close()            # the next call positions from the cursor again
+            raise
         if out:
             self._at = out[-1].seq
         return out

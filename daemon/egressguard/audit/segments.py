@@ -39,7 +39,7 @@ def rotated(active_path: str) -> list[Segment]:
     """The rotated segments of `active_path`, oldest first."""
     folder = os.path.dirname(os.path.abspath(active_path))
     base = os.path.basename(active_path)
-    pattern = re.compile(re.escape(base) + r"\.(\d{%d})" % SEQ_DIGITS + "$")
+    pattern = re.compile(re.escape(base) + r"\.(\d{%d,})" % SEQ_DIGITS + "$")
     try:
         names = os.listdir(folder)
     except FileNotFoundError:

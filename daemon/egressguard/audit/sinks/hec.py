@@ -74,9 +74,8 @@ class HecSink:
             text = resp.read(4096)
         except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
             self._drop()
-            raise SinkError(f"HEC {self._host}:{self._port}: "
-                            f"{getattr(exc, 'strerror', None) or exc.__class__.__name__}") \
-                from None
+            why = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
+            raise SinkError(f"HEC {self._host}:{self._port}: {why}") from None
         if not 200 <= resp.status < 300:
             self._drop()
             raise SinkError(f"HEC answered {resp.status} {resp.reason}: "

@@ -79,10 +79,17 @@ class SinkRunner:
         self._thread.start()
         self._started.wait(10)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop every sink (a batch in flight is abandoned: it is sent again next start)."""
+    def stop(self, timeout: float = 10.0, drain_s: float = 0.0) -> None:
+        """Stop every sink (a batch in flight is abandoned: it is sent again next start).
+
+        With `drain_s`, first give healthy sinks up to that long to ship what is written (the
+        daemon's last events, on a clean stop); a sink that is failing is not waited for."""
         if self._thread is None:
             return
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline and any(
+                s["lag_events"] and s["last_error"] is None for s in self.status()):
+            time.sleep(0.05)
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout)
