@@ -151,6 +151,25 @@ def test_rsyslog_parses_hostile_structured_data_as_sent(tmp_path: Path) -> None:
     assert text.startswith("payload ] [")
 
 
+def test_tls_client_certificate_is_presented(tmp_path: Path, pki) -> None:
+    """rsyslog requiring a client certificate of the test CA: accepted with cert and key,
+    refused without."""
+    log = tmp_path / "audit.jsonl"
+    write(log, 20)
+    with Rsyslog(tmp_path / "rsyslog", pki, client_certs=True) as rs:
+        bare = SinkSpec(name="bare", type="syslog", transport="tls", tls=TlsSpec(ca=str(pki.ca)),
+                        address=("127.0.0.1", rs.port), **FAST)
+        with shipping(log, [bare], tmp_path / "a") as runner:
+            st = first_error(runner, "bare")
+        assert st["acked_seq"] == 0 and rs.seqs() == []
+        mutual = SinkSpec(name="mutual", type="syslog", transport="tls", address=("127.0.0.1",
+                          rs.port), tls=TlsSpec(ca=str(pki.ca), cert=str(pki.client_cert),
+                                                key=str(pki.client_key)), **FAST)
+        with shipping(log, [mutual], tmp_path / "b") as runner:
+            wait_for(lambda: status_of(runner, "mutual")["acked_seq"] == 20)
+        assert sorted(set(rs.seqs())) == list(range(1, 21))
+
+
 def test_udp_for_legacy_receivers(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     write(log, 50)

@@ -103,3 +103,32 @@ def test_daemon_ships_every_event_across_kill_9(workdir: Path) -> None:
         for blob in (rs.output.read_bytes(), shipped.read_bytes()):
             assert AWS_KEY_ID.encode() not in blob and EMAIL.encode() not in blob
         assert b"AKIA" in shipped.read_bytes()     # the masked preview is there instead
+
+
+def test_a_hung_receiver_never_slows_enforcement(workdir: Path) -> None:
+    """A syslog receiver that accepts TCP but never reads (its window fills, nothing is ever
+    acknowledged past it): flows still go through, every one is audited, and the daemon still
+    stops cleanly."""
+    import socket
+    hole = socket.socket()
+    hole.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # full after a few messages
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(8)                                   # the kernel accepts; nobody reads
+    payload = http_post(b'{"to": "' + EMAIL.encode() + b'"}')
+    try:
+        with RecordingServer("127.20.0.42", respond=lambda r: b"ok") as server:
+            cfg = base_config(workdir / "host", rules=[
+                {"name": "mask-emails", "detected": ["pii.email"], "action": "mask"}])
+            cfg["proxy"]["listen"] = f"127.0.0.1:{free_port()}"
+            cfg["audit"]["sinks"] = [{"name": "hung", "type": "syslog", "batch": 5,
+                                      "address": f"127.0.0.1:{hole.getsockname()[1]}"}]
+            with GuardedHost(workdir / "host", cfg) as host:
+                agent = run_agent(host, workdir, server, payload, 200)
+                report = json.loads(agent.communicate(timeout=300)[0].strip().splitlines()[-1])
+                assert report == {"flows": 200, "errors": 0}
+                wait_for(lambda: sum(c.closed for c in server.connections) == 200, 60)
+                assert host.stop() == 0
+            events = [json.loads(ln) for ln in Path(host.audit_path).read_bytes().splitlines()]
+            assert sum(e["event"] == "flow.detect" for e in events) == 200
+    finally:
+        hole.close()

@@ -106,6 +106,7 @@ class Rsyslog:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     udp_port: int | None = None          # also listen on UDP (imudp) when set
+    client_certs: bool = False           # TLS: require a client certificate from the test CA
 
     @property
     def output(self) -> Path:
@@ -121,7 +122,8 @@ class Rsyslog:
                      f'defaultNetstreamDriverCAFile="{self.tls.ca}"',
                      f'defaultNetstreamDriverCertFile="{self.tls.server_cert}"',
                      f'defaultNetstreamDriverKeyFile="{self.tls.server_key}"']
-            mod = ' streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="anon"'
+            auth = "x509/certvalid" if self.client_certs else "anon"
+            mod = f' streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="{auth}"'
         return "\n".join([
             f"global({' '.join(glob)})",
             f'module(load="imtcp"{mod})',
