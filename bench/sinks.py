@@ -120,7 +120,7 @@ def main() -> int:
     load = os.getloadavg()
     print(f"{n} events, batch {args.batch}, load average {load[0]:.2f} {load[1]:.2f} "
           f"(2 cores)")
-    print(f"| sink | format | events/s | vs file/json |\n|---|---|---|---|")
+    print("| sink | format | events/s | vs file/json |\n|---|---|---|---|")
     for label, fmt, rate in rows:
         print(f"| {label} | {fmt} | {rate:,.0f} | {rate / base:.2f}x |")
     return 0

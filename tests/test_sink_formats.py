@@ -325,3 +325,24 @@ def test_every_format_is_one_line_with_seq_and_hash_and_no_raw_secret(entries, f
             assert out.text.encode() == entry.line          # byte-exact: the hash re-checks
         elif fmt != "cef":
             assert json.loads(out.text) == out.obj
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+def test_formats_are_total_on_odd_values(fmt):
+    """Whatever shape a field has (the writer normalises, but never drops, odd values), every
+    format renders it."""
+    from egressguard.audit.reader import LogEntry
+    odd = [{"seq": 1, "hash": "h", "event": "flow.close", "duration_s": "slow",
+            "bytes_up": None, "process": "not a mapping", "destination": ["x"],
+            "detections": "none", "time": "not a time"},
+           {"seq": 2, "hash": "h", "event": "flow.detect", "detections": [None, 3, {}],
+            "decision": 5, "outcome": None},
+           {"seq": 3, "hash": "h", "event": "flow.decision", "decision": "yes",
+            "who": 7, "rule": ["r"], "reason": {"a": 1}},
+           {"seq": 4, "hash": "h", "event": "flow.open", "flow_id": 9,
+            "process": {"uid": "x", "pid": [], "cmdline": "a b", "exe": 3},
+            "destination": {"ip": None, "port": "p", "host": 1}},
+           {"seq": 5, "hash": "h"}]
+    for ev in odd:
+        out = render(fmt, LogEntry(ev["seq"], "h", json.dumps(ev).encode(), ev), CTX)
+        assert "\n" not in out.text and str(ev["seq"]) in out.text

@@ -8,10 +8,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -29,7 +27,6 @@ from egressguard.harness import free_port
 
 from tests.test_audit import flow_event
 from tests.test_e2e_guard import wait_for as _wait_for
-from tests.test_sink_formats import RAW_SECRET
 from tests.tools.receivers import HecServer, Rsyslog, make_test_pki
 
 CTX = FormatContext(hostname="guard-01", version="0.1.0")
@@ -181,6 +178,7 @@ def test_udp_for_legacy_receivers(tmp_path: Path) -> None:
             # loopback rarely drops a datagram, but UDP promises nothing: this checks the
             # format and framing (one message per datagram, no length prefix), not delivery
             seqs = rs.wait_for(set(range(1, 51)), 30)
+            wait_for(lambda: status_of(runner, "legacy")["acked_seq"] == 50)   # sent: all UDP knows
     assert set(seqs) == set(range(1, 51))
     assert json.loads(rs.lines()[0].split(b"\t", 2)[2])["event"]["sequence"] == seqs[0]
 

@@ -133,7 +133,7 @@ class Rsyslog:
             f'  action(type="omfile" file="{self.output}" template="egt")',
             '}',
             f'input(type="imtcp" address="127.0.0.1" port="{self.port}" ruleset="eg")',
-            *([f'module(load="imudp")',
+            *(['module(load="imudp")',
                f'input(type="imudp" address="127.0.0.1" port="{self.udp_port}" ruleset="eg")']
               if self.udp_port else []),
             ""])

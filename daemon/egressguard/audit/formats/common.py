@@ -21,7 +21,7 @@ def action_of(event: dict[str, Any]) -> str:
     if kind == "flow.hold":
         return "hold"
     if kind == "flow.decision":
-        outcome = event.get("outcome") or (event.get("decision") or {}).get("outcome", "")
+        outcome = event.get("outcome") or mapping(event, "decision").get("outcome", "")
         return {"approved": "approve", "denied": "deny", "expired": "expire",
                 "aborted": "deny"}.get(str(outcome), "deny")
     if kind in ("udp.refused", "proxy.unknown_origin", "approval.refused"):
@@ -72,3 +72,10 @@ def mapping(event: dict[str, Any], key: str) -> dict[str, Any]:
 
 def findings(event: dict[str, Any]) -> list[dict[str, Any]]:
     return [d for d in event.get("detections") or [] if isinstance(d, dict)]
+
+
+def number(value: Any) -> float:
+    """A numeric field as a float; 0 for anything that is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    return float(value) if value == value and abs(value) != float("inf") else 0.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from egressguard.audit.formats.common import action_of, findings, mapping, severity
+from egressguard.audit.formats.common import action_of, findings, mapping, number, severity
 
 ECS_VERSION = "8.11.0"
 EVENT_TYPE = {"allow": ["allowed"], "mask": ["allowed", "change"], "hold": ["info"],
@@ -83,7 +83,7 @@ def render(event: dict[str, Any], ctx: Any) -> dict[str, Any]:
     if kind == "flow.close":
         out.setdefault("source", {})["bytes"] = event.get("bytes_up", 0)
         out.setdefault("destination", {})["bytes"] = event.get("bytes_down", 0)
-        out["event"]["duration"] = int(float(event.get("duration_s") or 0) * 1e9)
+        out["event"]["duration"] = int(number(event.get("duration_s")) * 1e9)
     if event.get("rule"):
         out["rule"] = {"name": str(event["rule"]), "ruleset": "egressguard policy"}
     for key in ("flow_id", "hold_id", "outcome", "decision", "who"):

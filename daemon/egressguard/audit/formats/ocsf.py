@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from egressguard.audit.formats.common import (action_of, epoch_ms, findings, mapping,
-                                              severity)
+                                              number, severity)
 
 OCSF_VERSION = "1.4.0"
 NETWORK_ACTIVITY, DATA_SECURITY_FINDING, BASE_EVENT = 4001, 2006, 0
@@ -90,7 +90,7 @@ def _common(event: dict[str, Any], ctx: Any, class_uid: int, class_name: str,
     process = mapping(event, "process")
     if process:
         out["actor"] = {"process": _process(process)}
-        if process.get("user") or process.get("uid", -1) >= 0:
+        if process.get("user") or isinstance(process.get("uid"), int):
             out["actor"]["user"] = {"name": str(process.get("user", "")),
                                     "uid": str(process.get("uid", ""))}
     return out
@@ -103,16 +103,13 @@ def _network(event: dict[str, Any], ctx: Any, kind: str) -> dict[str, Any]:
     dest = mapping(event, "destination")
     out["dst_endpoint"] = _endpoint(dest)
     out["src_endpoint"] = {"hostname": ctx.hostname}
-    pid = mapping(event, "process").get("pid")
-    if pid is not None:
-        out["src_endpoint"]["owner"] = {"uid": str(mapping(event, "process").get("uid", ""))}
     out["connection_info"] = {"direction_id": 2, "direction": "Outbound",
                               "protocol_name": str(dest.get("transport") or "tcp"),
                               "uid": str(event.get("flow_id") or "")}
     if kind == "flow.close":
         out["traffic"] = {"bytes_out": event.get("bytes_up", 0),
                           "bytes_in": event.get("bytes_down", 0)}
-        out["duration"] = int(float(event.get("duration_s") or 0) * 1000)
+        out["duration"] = int(number(event.get("duration_s")) * 1000)
     if kind == "flow.decision":
         decision = mapping(event, "decision")
         out["unmapped"]["decision"] = decision
