@@ -10,6 +10,12 @@ sends anything, so end-of-file means it went away), so a batch is never written 
 connection that is already dead. What remains: bytes the receiver's kernel acknowledged but the
 receiver process never read (it was killed with its receive buffer full).
 
+A receiver may also accept a connection and then drop it: rsyslog over its session limit, or a
+TLS 1.3 server refusing the client's certificate, which TLS 1.3 only says after the handshake
+has completed on the client's side. So a new connection is used only after it has stayed open
+for a short settle time (SETTLE_TCP / SETTLE_TLS); a receiver that drops it sooner fails the
+connect instead of swallowing the first batch.
+
 UDP sends one datagram per message and has no acknowledgement at all: a receiver that is down
 loses events. It exists for legacy receivers only and is documented as lossy.
 """
@@ -32,6 +38,8 @@ from egressguard.audit.formats.common import severity
 from egressguard.audit.sinks.base import SinkError
 
 CONNECT_TIMEOUT = 10.0
+SETTLE_TCP = 0.2            # seconds a new connection must stay open before it is used
+SETTLE_TLS = 1.0
 ACK_TIMEOUT = 15.0          # for the receiver's TCP stack to acknowledge one batch
 MAX_UDP = 65000
 
@@ -82,6 +90,17 @@ class SyslogSink:
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             self._reader = self._writer = None
             raise SinkError(f"cannot connect to {host}:{port}: {_why(exc)}") from None
+        reader = self._reader
+        try:
+            await asyncio.wait_for(reader.read(1), SETTLE_TLS if tls else SETTLE_TCP)
+        except asyncio.TimeoutError:
+            return                       # still open and silent: a syslog receiver's normal
+        except (OSError, ssl.SSLError) as exc:
+            await self.close()
+            raise SinkError(f"{host}:{port} dropped the connection: {_why(exc)}") from None
+        await self.close()               # EOF (or bytes, which a syslog receiver never sends)
+        raise SinkError(f"{host}:{port} closed the connection right after accepting it"
+                        + (" (does it require a client certificate?)" if tls else ""))
 
     def _tls_context(self) -> ssl.SSLContext:
         t = self.spec.tls
