@@ -133,7 +133,8 @@ async def run_daemon(path: str) -> int:
     # Approver names were resolved to uids when the policy was loaded: decide by uid.
     registry = HoldRegistry([f"uid:{ref.uid}" for ref in config.approvals.approvers],
                             config.approvals.timeout,
-                            config.approvals.on_timeout, on_hold_event)
+                            config.approvals.on_timeout, on_hold_event,
+                            redact=lambda text: redact_args(loaded.engine, [text])[0])
 
     from egressguard.kernel.probes import GuardProbes
     probes = GuardProbes(
