@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -21,6 +22,7 @@ from typing import Any, Iterator
 import pytest
 
 from egressguard.harness import GuardedHost, base_config, free_port
+from tests.tools.payloads import payload_file
 from tests.tools.servers import RecordingServer
 
 pytestmark = pytest.mark.kernel
@@ -77,10 +79,7 @@ class Agent:
     def start(self, dst_host: str, port: int, payload: bytes, *, uid: int = NOBODY,
               extra: list[str] | None = None, argv0: str = "/usr/bin/python3",
               ) -> subprocess.Popen[str]:
-        fd, path = tempfile.mkstemp(dir=self.workdir, suffix=".payload")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.chmod(path, 0o644)
+        path = payload_file(self.workdir, payload)
         return self.host.agent([argv0, AGENT, dst_host, str(port),
                                 "--payload-file", path, *(extra or [])],
                                uid=uid, gid=uid, stdout=subprocess.PIPE, text=True,
@@ -312,6 +311,29 @@ def test_secret_on_the_command_line_is_masked_everywhere(guard: GuardedHost,
     assert "--tag key=AKIA" in cmdline                  # recorded, masked, same length
     for text in (shown, Path(guard.audit_path).read_text()):
         assert AWS_KEY_ID not in text and EMAIL not in text
+
+
+def test_secret_in_the_executables_path_is_masked_everywhere(guard: GuardedHost,
+                                                            workdir: Path) -> None:
+    # The agent runs an interpreter it copied into a directory named after the key: the
+    # executable's path is part of every flow's identity, like the command line.
+    folder = workdir / f"tools-{AWS_KEY_ID}"
+    folder.mkdir(exist_ok=True)
+    os.chmod(folder, 0o755)
+    python = folder / "python3"
+    shutil.copy2(os.path.realpath("/usr/bin/python3"), python)
+    with RecordingServer("127.20.0.20") as server:
+        proc = guard.agent([str(python), AGENT, server.host, str(server.port), "--payload-file",
+                            payload_file(workdir, http_post(b"k=" + AWS_KEY_ID.encode()))],
+                           stdout=subprocess.PIPE, text=True)
+        hold = _held(guard, "127.20.0.20")
+        shown = json.dumps(hold) + guard.egressctl("pending").stdout + \
+            guard.egressctl("flows").stdout
+        guard.egressctl("deny", hold["id"], "--reason", "exe test")
+        finish(proc)
+    assert hold["process"]["exe"].startswith(str(workdir / "tools-AKIA"))   # masked, not gone
+    for text in (shown, Path(guard.audit_path).read_text()):
+        assert AWS_KEY_ID not in text
 
 
 def test_what_the_held_agent_controls_cannot_fool_the_approver_or_leak_a_secret(

@@ -149,8 +149,13 @@ async def run_daemon(path: str) -> int:
         if rec is None:
             return None
         process = process_identity(rec, mount)
-        # The command line is recorded everywhere (audit, egressctl): mask what it carries.
-        process = replace(process, cmdline=redact_args(loaded.engine, process.cmdline))
+        # The command line, the executable's path and the cgroup (a delegated subtree or a
+        # user unit is named by the process) are recorded everywhere (audit, egressctl):
+        # mask what they carry.
+        exe, unit, cgroup_path = redact_args(
+            loaded.engine, [process.exe, process.systemd_unit, process.cgroup_path])
+        process = replace(process, cmdline=redact_args(loaded.engine, process.cmdline), exe=exe,
+                          systemd_unit=unit, cgroup_path=cgroup_path)
         return Origin(Destination(rec.dst_ip, rec.dst_port), process)
 
     proxy = GuardProxy(
