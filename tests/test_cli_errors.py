@@ -172,6 +172,19 @@ def test_run_without_kernel_headers_says_how_to_install(tmp: Path) -> None:
     assert f"linux-headers-{release}" in line
 
 
+def test_run_without_cgroup2_says_how_to_mount_it(tmp: Path) -> None:
+    """Simulated for real: in a private mount namespace every cgroup2 mount is unmounted
+    (nothing outside this one process sees it)."""
+    path = write_policy(tmp)
+    res = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         "for m in $(awk '$3==\"cgroup2\"{print $2}' /proc/mounts); do umount -l \"$m\" || "
+         "exit 9; done; exec \"$@\"", "sh", PY, "-m", "egressguard", "run", "--config",
+         str(path)], capture_output=True, text=True, timeout=90)
+    (line,) = error_lines(res)
+    assert "no cgroup v2 hierarchy is mounted" in line and "mount -t cgroup2" in line
+
+
 def test_preflight_headers_check_with_a_temporary_modules_dir(tmp: Path) -> None:
     with pytest.raises(preflight.EnvironmentProblem, match="kernel headers not found"):
         preflight._check_headers(modules_dir=str(tmp))
