@@ -380,6 +380,30 @@ def test_no_raw_secret_in_any_log(guard: GuardedHost) -> None:
         assert EMAIL not in text and EMAIL.lower() not in text.lower()
 
 
+def test_a_daemon_inside_the_cgroup_it_guards_still_serves_approvals(workdir: Path) -> None:
+    # scope.cgroup may be an ancestor of where egressguard itself runs. Its upstream sockets
+    # carry the mark; so must the approvals front door's internal connection, or it is
+    # redirected to the proxy and every egressctl call is refused as unauthenticated.
+    cfg = policy(workdir / "inside")
+    host = GuardedHost(workdir / "inside", cfg)
+    wrapper = workdir / "python-in-guarded-cgroup"
+    wrapper.write_text(f"#!/bin/sh\necho $$ > {host.cgroup_path}/cgroup.procs\n"
+                       f"exec {host.python} \"$@\"\n")
+    wrapper.chmod(0o755)
+    host.python = str(wrapper)
+    with host, RecordingServer("127.20.0.21") as server:
+        assert host.proc is not None
+        own = Path(f"/proc/{host.proc.pid}/cgroup").read_text()
+        assert f"0::{host.cgroup_rel}\n" in own                 # the daemon is guarded too
+        payload = http_post(b"key=" + AWS_KEY_ID.encode())
+        proc = Agent(host, workdir).start(server.host, server.port, payload)
+        hold = _held(host, "127.20.0.21")
+        res = host.egressctl("approve", hold["id"], "--reason", "daemon inside its cgroup")
+        assert res.returncode == 0, res.stderr
+        finish(proc)
+        wait_for(lambda: server.all_data() == payload)
+
+
 # ----------------------------------------------------------------------------- expiry
 def test_hold_expires_and_is_denied(workdir: Path) -> None:
     cfg = policy(workdir / "expiry")

@@ -177,7 +177,7 @@ async def run_daemon(path: str) -> int:
     try:
         try:
             server = await start_approval_server(config.approvals.socket, registry,
-                                                 proxy.all_flows)
+                                                 proxy.all_flows, mark=config.proxy.mark)
         except OSError as exc:
             raise EnvironmentProblem(
                 f"cannot serve approvals on {config.approvals.socket}: {exc.strerror or exc}")

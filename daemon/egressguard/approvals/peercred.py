@@ -174,9 +174,10 @@ class PeerCredFrontDoor:
 
     def __init__(self, path: str, upstream: tuple[str, int], table: PeerTable,
                  max_connections: int = MAX_CONNECTIONS,
-                 max_per_uid: int = MAX_CONNECTIONS_PER_UID) -> None:
+                 max_per_uid: int = MAX_CONNECTIONS_PER_UID, mark: int = 0) -> None:
         self.path = path
         self.upstream = upstream
+        self.mark = mark
         self.table = table
         self.max_connections = max_connections
         self.max_per_uid = max_per_uid
@@ -256,7 +257,7 @@ class PeerCredFrontDoor:
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      pid: int, uid: int, gid: int) -> None:
         who = Identity(uid=uid, gid=gid, pid=pid, user=await asyncio.to_thread(user_name, uid))
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        up_reader, up_writer = await self._open_upstream()
         local = up_writer.get_extra_info("sockname")
         addr = (local[0], local[1])
         self.table.add(addr, who)      # before any byte goes upstream
@@ -275,6 +276,22 @@ class PeerCredFrontDoor:
             up_writer.close()
             with contextlib.suppress(Exception):
                 await up_writer.wait_closed()
+
+
+    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The internal connection, with the daemon's SO_MARK: when egressguard runs inside
+        the cgroup it guards (or below it), an unmarked connect would be redirected to its
+        own proxy, reach the gRPC server from an unknown peer and be refused."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if self.mark:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, self.upstream)
+        except BaseException:
+            sock.close()
+            raise
+        return await asyncio.open_connection(sock=sock)
 
 
 async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
