@@ -365,6 +365,14 @@ def test_a_secret_carried_in_the_host_name_is_masked_where_it_is_recorded(
     r3.start()
     r3.client_data(hello_ok)
     assert r3.flow.destination.host == "api.example.test"
+    # The same for TLS: the key as an SNI label, in a real ClientHello.
+    r4 = Relay(flow=FlowInfo("flow-4", AGENT, DEST, opened_at=0.0), policy=policy(),
+               stream=ENGINE.open_stream(), masker=mask_span,
+               redact=lambda data: redact_bytes(ENGINE, data))
+    r4.start()
+    r4.client_data(real_client_hello(f"{key}.exfil.test"))
+    sni = r4.flow.destination.host
+    assert sni.endswith(".exfil.test") and sni.startswith("akia****"), "SNI not recorded masked"
 
 
 # ---------------------------------------------------------------------------- after approval
