@@ -55,6 +55,8 @@ def test_status_and_metrics_of_a_running_daemon() -> None:
     os.chmod(d, 0o755)
     metrics_port = free_port()
     cfg = policy(d / "h", metrics={"listen": f"127.0.0.1:{metrics_port}"})
+    cfg["audit"]["sinks"] = [{"name": "beats", "type": "file", "path": str(d / "shipped.jsonl"),
+                              "format": "ecs", "batch": 10}]
     with GuardedHost(d / "h", cfg) as host, RecordingServer("127.20.8.1") as server:
         report = Agent(host, d).run(server.host, server.port,
                                     http_post(b'{"to": "' + EMAIL.encode() + b'"}'))
@@ -75,7 +77,10 @@ def test_status_and_metrics_of_a_running_daemon() -> None:
         assert all(p["attached"] and p["via"] == "pinned link" for p in s["probes"])
         assert s["counters"]["flows_opened"] >= 1 and s["counters"]["flows_mask"] >= 1
         assert s["counters"]["detections"] >= 1 and s["counters"]["bytes_up"] > 0
-        assert s["pending_holds"] == 0 and s["sinks"] == [] and s["uptime_s"] > 0
+        assert s["pending_holds"] == 0 and s["uptime_s"] > 0
+        (sink,) = s["sinks"]                            # the sink runner's own status
+        assert (sink["name"], sink["kind"], sink["format"]) == ("beats", "file", "ecs")
+        assert sink["acked_seq"] + sink["lag_events"] >= 2 and sink["last_error"] == ""
         assert s["metrics_listen"] == f"127.0.0.1:{metrics_port}"
         assert EMAIL not in json.dumps(s)
 
@@ -83,7 +88,8 @@ def test_status_and_metrics_of_a_running_daemon() -> None:
         assert text.returncode == 0
         assert f"probes:       {len(PROGRAMS)}/{len(PROGRAMS)} attached via pinned link" \
             in text.stdout
-        assert s["policy"]["hash"][:12] in text.stdout and "sinks:        none" in text.stdout
+        assert s["policy"]["hash"][:12] in text.stdout
+        assert "sink:         beats (file, ecs) acked" in text.stdout
         assert host.egressctl("status", uid=65534).returncode == 0   # anyone may look
 
         def scrape() -> str:
@@ -97,5 +103,6 @@ def test_status_and_metrics_of_a_running_daemon() -> None:
         assert 'egressguard_flows_total{action="mask"} 1.0' in body
         assert 'egressguard_detections_total{class="pii",detector="pii.email"} 1.0' in body
         assert "egressguard_holds_pending 0.0" in body
+        assert 'egressguard_sink_lag_events{sink="beats"}' in body
         assert f'policy_hash="{s["policy"]["hash"]}"' in body
         assert EMAIL not in body

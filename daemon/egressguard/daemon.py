@@ -42,6 +42,7 @@ log = logging.getLogger("egressguard.daemon")
 
 AUDIT_START_TIMEOUT = 10.0     # seconds for the first audit events to reach the disk
 TICK_S = 1.0                   # metrics gauges / STATUS= refresh (the watchdog may tick faster)
+SINK_DRAIN_TIMEOUT = 3.0       # seconds healthy sinks get to ship the last events at stop
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
     from egressguard.approvals.holds import HoldRegistry
     from egressguard.approvals.service import start_approval_server
     from egressguard.audit.keys import load_or_create_key
+    from egressguard.audit.sinks.runner import start_sinks
     from egressguard.audit.writer import AuditLog
     from egressguard.kernel.cgroup import cgroup2_mount
     from egressguard.kernel.identity import process_identity
@@ -132,7 +134,7 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
     metrics = GuardMetrics()
     metrics.set_policy(first_hash, config.failure_mode)
 
-    audit = AuditLog(config.audit.path)
+    audit = AuditLog(config.audit.path, rotate_bytes=config.audit.rotate_size or None)
     try:
         await audit.start()
     except OSError as exc:
@@ -140,6 +142,8 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
         # under a regular file) fails with a bare OSError, which must not become a traceback.
         raise EnvironmentProblem(_path_problem("audit log", "audit.path", config.audit.path,
                                                exc)) from None
+    # SIEM sinks read the written log on their own thread: they never slow enforcement.
+    sinks = start_sinks(config)
     bus = EventBus()
     bus.subscribe(lambda event, flow, fields: audit.append(audit_record(event, flow, fields)))
     bus.subscribe(_log_event)
@@ -155,7 +159,8 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
     # Approver names were resolved to uids when the policy was loaded: decide by uid.
     registry = HoldRegistry([f"uid:{ref.uid}" for ref in config.approvals.approvers],
                             config.approvals.timeout,
-                            config.approvals.on_timeout, on_hold_event)
+                            config.approvals.on_timeout, on_hold_event,
+                            redact=lambda text: redact_args(loaded.engine, [text])[0])
 
     from egressguard.kernel.probes import GuardProbes
     probes = GuardProbes(
@@ -171,8 +176,14 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
         if rec is None:
             return None
         process = process_identity(rec, mount)
-        # The command line is recorded everywhere (audit, egressctl): mask what it carries.
-        process = replace(process, cmdline=redact_args(state.loaded.engine, process.cmdline))
+        # The command line, the executable's path and the cgroup (a delegated subtree or a
+        # user unit is named by the process) are recorded everywhere (audit, egressctl):
+        # mask what they carry.
+        engine = state.loaded.engine
+        exe, unit, cgroup_path = redact_args(
+            engine, [process.exe, process.systemd_unit, process.cgroup_path])
+        process = replace(process, cmdline=redact_args(engine, process.cmdline), exe=exe,
+                          systemd_unit=unit, cgroup_path=cgroup_path)
         return Origin(Destination(rec.dst_ip, rec.dst_port), process)
 
     proxy = GuardProxy(
@@ -186,7 +197,8 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
     # The configuration in force lives in `state.loaded`; a reload replaces it there.
     state = DaemonState(config_path=path, loaded=loaded, policy_hash=first_hash, proxy=proxy,
                         registry=registry, probes=probes, metrics=metrics,
-                        cgroup_path=mount + config.scope.cgroup, sink_provider=sink_provider)
+                        cgroup_path=mount + config.scope.cgroup,
+                        sink_provider=sink_provider or (sinks.status if sinks else None))
     reloader = Reloader(state, key, bus, compile_config, parse_config, notifier)
     operations = Operations(
         status=state.status, reload=reloader.reload,
@@ -222,7 +234,8 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
                                          f"(metrics.listen): {exc.strerror or exc}") from None
         try:
             server = await start_approval_server(config.approvals.socket, registry,
-                                                 proxy.all_flows, operations)
+                                                 proxy.all_flows, mark=config.proxy.mark,
+                                                 ops=operations)
         except OSError as exc:
             raise EnvironmentProblem(
                 f"cannot serve approvals on {config.approvals.socket}: {exc.strerror or exc}")
@@ -284,6 +297,8 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
         except asyncio.TimeoutError:
             log.error("audit log %s: %d event(s) could not be written before exit",
                       config.audit.path, audit.pending)
+        if sinks is not None:
+            sinks.stop(drain_s=SINK_DRAIN_TIMEOUT)
         notifier.close()
     return 0
 

@@ -41,6 +41,8 @@ RESTART_ONLY: tuple[tuple[str, Callable[[Config], Any]], ...] = (
     ("proxy.mark", lambda c: c.proxy.mark),
     ("approvals.socket", lambda c: c.approvals.socket),
     ("audit.path", lambda c: c.audit.path),
+    ("audit.rotate_size", lambda c: c.audit.rotate_size),
+    ("audit.sinks", lambda c: c.audit.sinks),
     ("state_dir", lambda c: c.state_dir),
     ("metrics.listen", lambda c: c.metrics.listen),
 )
@@ -73,12 +75,20 @@ class ReloadResult:
         return self.outcome == "applied"
 
 
+_VALUES_NOT_SHOWN = ("audit.sinks",)   # long, and they carry credentials (HEC tokens)
+
+
 def restart_only_changes(old: Config, new: Config) -> list[ConfigIssue]:
-    return [ConfigIssue(new.source, None, name,
-                        f"changed from {get(old)!r} to {get(new)!r}: this setting takes effect "
-                        "only on a restart (systemctl restart egressguard); nothing was "
-                        "reloaded")
-            for name, get in RESTART_ONLY if get(old) != get(new)]
+    issues = []
+    for name, get in RESTART_ONLY:
+        if get(old) == get(new):
+            continue
+        what = "changed" if name in _VALUES_NOT_SHOWN else \
+            f"changed from {get(old)!r} to {get(new)!r}"
+        issues.append(ConfigIssue(new.source, None, name,
+                                  f"{what}: this setting takes effect only on a restart "
+                                  "(systemctl restart egressguard); nothing was reloaded"))
+    return issues
 
 
 class Reloader:

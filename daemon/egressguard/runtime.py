@@ -5,8 +5,9 @@ line and the metrics gauges all read it from here.
 the configuration in force (`loaded`, swapped by reload.Reloader). It only reads them: nothing
 on the data path goes through it.
 
-Sink status comes from an optional provider (a callable returning one dict per SIEM sink with
-name, kind, format, acked_seq, lag_events, last_error); without one, no sinks are listed.
+Sink status comes from a provider (a callable returning one dict per SIEM sink with name,
+kind, format, acked_seq, lag_events, last_error: audit/sinks/runner.SinkRunner.status); with
+no sinks configured, none are listed.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ class DaemonState:
     def sink_status(self) -> list[dict[str, Any]]:
         if self.sink_provider is None:
             return []
-        return [{k: s.get(k, "" if k in ("name", "kind", "format", "last_error") else 0)
-                 for k in SINK_FIELDS} for s in self.sink_provider()]
+        text = ("name", "kind", "format", "last_error")
+        return [{k: (s.get(k) or ("" if k in text else 0)) for k in SINK_FIELDS}
+                for s in self.sink_provider()]
 
     # ------------------------------------------------------------------ views
     def status_line(self) -> str:

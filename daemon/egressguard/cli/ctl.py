@@ -7,7 +7,7 @@
     egressctl [--socket PATH] flows [--json]
     egressctl [--socket PATH] status [--json]
     egressctl [--socket PATH] reload
-    egressctl audit verify FILE
+    egressctl audit verify FILE        (FILE and its rotated segments FILE.<seq>)
 
 The daemon knows who you are from the socket's peer credentials; nothing here sends a user
 name. Errors are one line on stderr. Exit codes: 0 ok; 1 refused by the daemon (decision
@@ -26,6 +26,8 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
+
+from egressguard.cli.termsafe import printable
 
 DEFAULT_SOCKET = "/run/egressguard/approvals.sock"
 RPC_TIMEOUT_S = 10.0
@@ -207,8 +209,9 @@ def _why(rule: str, reason: str) -> str:
 
 
 def hold_text(h: Any) -> str:
-    """A few lines per hold, readable at a glance: who, what process, where, which data, age."""
-    return "\n".join([
+    """A few lines per hold, readable at a glance: who, what process, where, which data, age.
+    Each line is `printable()`: the held process chose much of what it shows."""
+    return "\n".join(printable(line) for line in [
         f"{h.id}  held {_duration(h.age_s)}, expires in {_duration(h.expires_in_s)} "
         f"(then {h.on_timeout})",
         f"  why:   {_why(h.rule, h.reason)}",
@@ -220,6 +223,10 @@ def hold_text(h: Any) -> str:
 
 
 def event_text(e: Any) -> str:
+    return printable(_event_line(e))
+
+
+def _event_line(e: Any) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(e.time))
     kind = _KIND_NAMES.get(e.kind, "unknown")
     h = e.hold
@@ -240,13 +247,13 @@ def event_text(e: Any) -> str:
 def flows_table(flows: list[Any]) -> str:
     rows = [("FLOW", "STATE", "USER", "PID", "PROCESS", "DESTINATION", "ACTION", "DATA", "UP/DOWN")]
     for f in flows:
-        rows.append((
+        rows.append(tuple(printable(cell) for cell in (
             f.flow_id, f.state, _who(f.process), str(f.process.pid),
             (f.process.exe or f.process.comm or "?")[-30:], _dest(f.destination),
             f"{f.verdict.action} ({f.verdict.rule})" if f.HasField("verdict") else "-",
             ",".join(sorted({d.detector for d in f.detections})) or "-",
             f"{f.bytes_up}/{f.bytes_down}",
-        ))
+        )))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -276,7 +283,8 @@ def _decide(args: argparse.Namespace, client: Client, approve: bool) -> int:
     method = client.stub.Approve if approve else client.stub.Deny
     d = client.call(method, request).decision
     verb = "approved" if approve else "denied"
-    print(f"{verb} {d.hold_id} (flow {d.flow_id}) as {d.by_user} (uid {d.by_uid}): {d.reason}")
+    print(printable(f"{verb} {d.hold_id} (flow {d.flow_id}) as {d.by_user} (uid {d.by_uid}): "
+                    f"{d.reason}"))
     return EXIT_OK
 
 
@@ -333,7 +341,7 @@ def cmd_reload(args: argparse.Namespace, client: Client) -> int:
     result = client.call(client.stub.Reload, client.pb.ReloadRequest())
     if result.outcome == "rejected":
         for line in result.errors:
-            print(f"error: {line}", file=sys.stderr)
+            print(f"error: {printable(line)}", file=sys.stderr)
         raise CtlError(f"reload rejected: {len(result.errors)} problem(s); the running policy "
                        f"{result.previous_hash[:12]} stays in force", EXIT_REFUSED)
     if result.outcome == "unchanged":
@@ -346,21 +354,26 @@ def cmd_reload(args: argparse.Namespace, client: Client) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check the hash chain of an audit log (no daemon needed)."""
     try:
-        from egressguard.audit.verify import verify
+        from egressguard.audit.verify import verify_set
     except ImportError as e:
         raise CtlError(f"audit verify is not available in this installation: {e}", EXIT_USAGE)
     if not os.path.exists(args.file):
         raise CtlError(f"no such file: {args.file}", EXIT_USAGE)
-    result = verify(args.file)
+    result = verify_set(args.file)         # the file and its rotated segments, one chain
     if result.ok:
-        print(f"OK: {result.events} events, chain intact"
-              + (" (the file is empty)" if result.events == 0 else ""))
+        if result.message.startswith(f"{result.events} events in "):
+            print(f"OK: {result.message.split(';')[0]}")
+        else:
+            print(f"OK: {result.events} events, chain intact"
+                  + (" (the file is empty)" if result.events == 0 else ""))
         return EXIT_OK
     message = result.message
     prefix = f"line {result.line}: "
     if message.startswith(prefix):          # verify() names the line itself; say it once
         message = message[len(prefix):]
-    print(f"TAMPERED: line {result.line}: {message}")
+    file = getattr(result, "file", None)
+    where = f"{file}: " if file and file != args.file else ""
+    print(printable(f"TAMPERED: {where}line {result.line}: {message}"))
     return EXIT_REFUSED
 
 
@@ -427,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             client.close()
     except CtlError as e:
-        print(f"egressctl: {e}", file=sys.stderr)
+        print(printable(f"egressctl: {e}"), file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
         return 130

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from egressguard.cli.termsafe import printable
+
 
 def status_json(s: Any) -> dict[str, Any]:
     return {
@@ -60,4 +62,6 @@ def status_text(s: Any) -> str:
     else:
         lines.append("sinks:        none")
     lines.append(f"metrics:      {('http://' + s.metrics_listen + '/metrics') if s.metrics_listen else 'off'}")
-    return "\n".join(lines)
+    # Paths and a sink's last error (a receiver's words) are not ours: escape what could act
+    # on the terminal, one printed line per line.
+    return "\n".join(printable(line) for line in lines)
