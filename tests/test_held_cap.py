@@ -34,7 +34,7 @@ def test_total_cap_refuses_new_flows_until_holds_are_decided() -> None:
         assert status["pending_holds"] == 2
 
         refused = Agent(host, d).run(other.host, other.port, b"hello")
-        assert refused["error"] == "ConnectionResetError"
+        assert refused["error"] in ("ConnectionResetError", "BrokenPipeError")
         assert other.connections == []
         events = [e for e in audit_events(host) if e["event"] == "proxy.refused"]
         assert events and "proxy.max_held_total=131072" in events[-1]["reason"]

@@ -80,7 +80,8 @@ def test_reload_swaps_policy_for_new_flows_only(host: GuardedHost) -> None:
         assert event["policy_hash"] == new_hash != old_hash == event["previous_hash"]
 
         blocked = Agent(host, workdir).run(new_srv.host, new_srv.port, b"hello")
-        assert blocked["error"] == "ConnectionResetError" and new_srv.connections == []
+        assert blocked["error"] in ("ConnectionResetError", "BrokenPipeError")
+        assert new_srv.connections == []
         assert [h["id"] for h in pending(host)] == [hold["id"]]      # still waiting
         assert host.egressctl("approve", hold["id"], "--reason", "reload test").returncode == 0
         assert finish(held)["error"] is None
@@ -113,7 +114,7 @@ def test_invalid_policy_is_rejected_with_check_errors_and_old_stays(host: Guarde
         assert [f"error: {e}" for e in event["errors"]] == got
         with RecordingServer("127.20.7.4") as srv:                   # the old policy holds
             assert Agent(host, host.workdir).run(srv.host, srv.port, b"hi")["error"] \
-                == "ConnectionResetError"
+                in ("ConnectionResetError", "BrokenPipeError")
             assert srv.connections == []
         assert json.loads(host.egressctl("status", "--json").stdout)["policy"]["hash"] \
             == good_hash
