@@ -138,3 +138,33 @@ def test_restart_only_change_and_non_approver_are_refused(host: GuardedHost) -> 
     res = host.egressctl("reload")
     assert res.returncode == 0 and "unchanged" in res.stdout
     assert reloads(host)[-1]["outcome"] == "unchanged"
+
+
+def test_reload_swaps_the_detectors_too(host: GuardedHost) -> None:
+    """A detector added by a reload is in the new flows' scanner (the engine is swapped with
+    the policy), and the rule naming it acts on them."""
+    good = host.config_path.read_text()
+    token = "RLD-" + "7F3A" * 6
+    body = b"ticket " + token.encode() + b" done\n"
+    with RecordingServer("127.20.17.5") as srv:
+        before = Agent(host, host.workdir).run(srv.host, srv.port, body)
+        assert before["error"] is None
+        wait_for(lambda: srv.all_data() == body)           # unknown to the old scanner
+        cfg = yaml.safe_load(good)
+        cfg["detectors"] = {"custom": [{"id": "custom.reload_token", "class": "secret",
+                                        "pattern": "RLD-[0-9A-F]{24}"}]}
+        cfg["rules"].insert(0, {"name": "no-reload-tokens",
+                                "detected": ["custom.reload_token"], "action": "block"})
+        write_policy(host, cfg)
+        try:
+            res = host.egressctl("reload")
+            assert res.returncode == 0 and "reloaded" in res.stdout, res.stderr
+            after = Agent(host, host.workdir).run(srv.host, srv.port, body)
+            assert after["error"] in ("ConnectionResetError", "BrokenPipeError")
+            assert srv.all_data() == body                  # nothing more arrived
+        finally:
+            host.config_path.write_text(good)
+            assert host.egressctl("reload").returncode == 0
+    blocks = [e for e in audit_events(host) if e["event"] == "flow.block"
+              and e.get("rule") == "no-reload-tokens"]
+    assert blocks and token not in json.dumps(blocks)
