@@ -104,5 +104,51 @@ def test_status_and_metrics_of_a_running_daemon() -> None:
         assert 'egressguard_detections_total{class="pii",detector="pii.email"} 1.0' in body
         assert "egressguard_holds_pending 0.0" in body
         assert 'egressguard_sink_lag_events{sink="beats"}' in body
+        scanned = float(next(line.split()[1] for line in body.splitlines()
+                             if line.startswith("egressguard_scanned_bytes_total ")))
+        assert scanned >= s["counters"]["bytes_up"] > 0
         assert f'policy_hash="{s["policy"]["hash"]}"' in body
         assert EMAIL not in body
+
+
+class _State:
+    """The daemon state `refresh` reads, as plain values (the thing under test is the
+    arithmetic of GuardMetrics, not the daemon)."""
+
+    def __init__(self) -> None:
+        self.live_up = 0
+
+    def open_flows(self) -> int:
+        return 1
+
+    def open_flows_bytes_up(self) -> int:
+        return self.live_up
+
+    def pending_holds(self) -> int:
+        return 0
+
+    def held_bytes(self) -> int:
+        return 0
+
+    def probe_state(self) -> list[dict[str, Any]]:
+        return [{"program": "eg_connect4", "hook": "connect4", "attached": True}]
+
+    def sink_status(self) -> list[dict[str, Any]]:
+        return [{"name": "siem", "lag_events": 7}]
+
+
+def test_scanned_bytes_count_open_flows_live_and_never_twice() -> None:
+    m, state = GuardMetrics(), _State()
+    state.live_up = 1000                          # a long upload, still open
+    m.refresh(state)
+    assert m.value("egressguard_scanned_bytes_total") == 1000
+    m.on_event("flow.close", _flow(Action.ALLOW), {"bytes_up": 1000, "bytes_down": 0})
+    state.live_up = 0                             # it closed: its bytes moved to the counter
+    m.refresh(state)
+    assert m.value("egressguard_scanned_bytes_total") == 1000
+    state.live_up = 500
+    m.refresh(state)
+    assert m.value("egressguard_scanned_bytes_total") == 1500
+    assert m.value("egressguard_sink_lag_events", {"sink": "siem"}) == 7
+    assert m.value("egressguard_probe_attached", {"program": "eg_connect4",
+                                                  "hook": "connect4"}) == 1

@@ -34,6 +34,7 @@ class StateView(Protocol):
     """What `refresh` reads (daemon.DaemonState provides it)."""
 
     def open_flows(self) -> int: ...
+    def open_flows_bytes_up(self) -> int: ...
     def pending_holds(self) -> int: ...
     def held_bytes(self) -> int: ...
     def probe_state(self) -> list[dict[str, Any]]: ...
@@ -53,6 +54,8 @@ class GuardMetrics:
                              ["action"], registry=r)
         self.bytes = Counter("egressguard_bytes", "bytes of closed flows by direction "
                              "(up: client to destination, scanned)", ["direction"], registry=r)
+        self.scanned = Counter("egressguard_scanned_bytes", "client bytes scanned, open flows "
+                               "included (rate() of it is the scan throughput)", registry=r)
         self.detections = Counter("egressguard_detections", "findings by detector and class",
                                   ["detector", "class"], registry=r)
         self.blocks = Counter("egressguard_blocks", "flows blocked", registry=r)
@@ -81,6 +84,8 @@ class GuardMetrics:
         self.sink_lag = Gauge("egressguard_sink_lag_events", "audit events not yet "
                               "acknowledged by a SIEM sink", ["sink"], registry=r)
         self._hold_opened: OrderedDict[str, float] = OrderedDict()
+        self._closed_up = 0           # bytes_up of closed flows, for the scanned-bytes counter
+        self._scanned_seen = 0
 
     # ------------------------------------------------------------------ events
     def on_event(self, event: str, flow: FlowInfo | None, fields: dict[str, Any]) -> None:
@@ -91,6 +96,7 @@ class GuardMetrics:
             action = flow.verdict.action.value if flow.verdict is not None else "none"
             self.flows.labels(action=action).inc()
             self.bytes.labels(direction="up").inc(int(fields.get("bytes_up") or 0))
+            self._closed_up += int(fields.get("bytes_up") or 0)
             self.bytes.labels(direction="down").inc(int(fields.get("bytes_down") or 0))
         elif event == "flow.detect":
             for d in fields.get("detections") or ():
@@ -125,6 +131,12 @@ class GuardMetrics:
     def refresh(self, state: StateView) -> None:
         """Copy the daemon's live state into gauges (called on the event loop)."""
         self.open_flows.set(state.open_flows())
+        # Closed flows' bytes arrive with flow.close; open flows' are read live, so a long
+        # upload shows up in the throughput while it runs.
+        scanned = self._closed_up + state.open_flows_bytes_up()
+        if scanned > self._scanned_seen:
+            self.scanned.inc(scanned - self._scanned_seen)
+            self._scanned_seen = scanned
         self.pending_holds.set(state.pending_holds())
         self.held_bytes.set(state.held_bytes())
         for p in state.probe_state():

@@ -42,6 +42,9 @@ class DaemonState:
     def open_flows(self) -> int:
         return len(self.proxy.flows)
 
+    def open_flows_bytes_up(self) -> int:
+        return sum(f.bytes_up for f in list(self.proxy.flows.values()))
+
     def pending_holds(self) -> int:
         return len(self.registry.pending())
 
