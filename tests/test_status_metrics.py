@@ -97,16 +97,19 @@ def test_status_and_metrics_of_a_running_daemon() -> None:
             with urllib.request.urlopen(url, timeout=5) as resp:
                 return resp.read().decode()
 
-        body = wait_for(lambda: (lambda b: b if "egressguard_probe_attached{hook=\"connect4\""
-                                 in b else None)(scrape()))
+        def scanned(body: str) -> float:
+            return float(next((line.split()[1] for line in body.splitlines()
+                               if line.startswith("egressguard_scanned_bytes_total ")), 0))
+
+        # Gauges and the live scanned-bytes counter are refreshed once a second.
+        body = wait_for(lambda: (lambda b: b if scanned(b) >= s["counters"]["bytes_up"]
+                                 else None)(scrape()))
         assert 'egressguard_probe_attached{hook="connect4",program="eg_connect4"} 1.0' in body
         assert 'egressguard_flows_total{action="mask"} 1.0' in body
         assert 'egressguard_detections_total{class="pii",detector="pii.email"} 1.0' in body
         assert "egressguard_holds_pending 0.0" in body
         assert 'egressguard_sink_lag_events{sink="beats"}' in body
-        scanned = float(next(line.split()[1] for line in body.splitlines()
-                             if line.startswith("egressguard_scanned_bytes_total ")))
-        assert scanned >= s["counters"]["bytes_up"] > 0
+        assert scanned(body) >= s["counters"]["bytes_up"] > 0
         assert f'policy_hash="{s["policy"]["hash"]}"' in body
         assert EMAIL not in body
 
