@@ -432,3 +432,20 @@ def test_store_refuses_a_corrupt_file_with_a_clear_message(tmp_path: Path) -> No
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(EnvironmentProblem, match="approvals store .* move the file away"):
         ApprovalStore(str(bad))
+
+
+def test_http_refusal_names_the_approval_request() -> None:
+    from egressguard.approvals.refusal import http_refusal
+    from egressguard.model import Decision
+    raw = http_refusal(Decision(approved=False, by_uid=-1, by_user="egressguard",
+                                reason="no decision", timed_out=True, request_id="h-abcdefghij",
+                                pending=True))
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+    assert f"Content-Length: {len(body)}".encode() in head
+    doc = json.loads(body)
+    assert doc["approval_id"] == "h-abcdefghij" and doc["status"] == "pending"
+    denied = json.loads(http_refusal(Decision(approved=False, by_uid=0, by_user="root",
+                                              reason="no", request_id="h-x")).partition(
+        b"\r\n\r\n")[2])
+    assert denied["status"] == "denied" and denied["error"] == "egressguard_denied"
