@@ -449,3 +449,22 @@ def test_http_refusal_names_the_approval_request() -> None:
                                               reason="no", request_id="h-x")).partition(
         b"\r\n\r\n")[2])
     assert denied["status"] == "denied" and denied["error"] == "egressguard_denied"
+
+
+def test_pending_requests_are_capped_and_the_overflow_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from egressguard.approvals import holds
+
+    async def scenario() -> None:
+        monkeypatch.setattr(holds, "MAX_PENDING", 3)
+        rec = Recorder()
+        reg = registry(rec)
+        for i in range(3):
+            assert not reg.open(flow(), HOLD, [det(f"fp:{i}")]).done
+        over = reg.open(flow(), HOLD, [det("fp:overflow")])
+        d = await over.wait()
+        assert not d.approved and "too many pending" in d.reason
+        assert rec.named("approval.overflow") and len(reg.pending()) == 3
+        assert not reg.open(flow(), HOLD, [det("fp:1")]).done      # identical ones still join
+        reg.close()
+    run(scenario())

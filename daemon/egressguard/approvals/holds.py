@@ -64,6 +64,7 @@ ON_TIMEOUT = ("allow", "deny")
 SYSTEM_UID = -1                 # Decision.by_uid when egressguard itself resolved a hold
 SYSTEM_USER = "egressguard"
 _FINISHED_MEMORY = 1024         # resolved requests kept to explain late decisions
+MAX_PENDING = 10_000           # pending requests; beyond, new ones are refused (fail closed)
 DEFAULT_GRANT_TTL = 15 * 60.0
 DEFAULT_MAX_GRANT_TTL = 8 * 3600.0
 
@@ -80,6 +81,7 @@ AUDIT_REFUSED = "approval.refused"        # a decision (or revoke) that was not 
 AUDIT_USE = "approval.use"                # a later flow used an unused `once` approval
 AUDIT_UNUSED = "approval.unused_expired"  # a `once` approval nobody used before its TTL
 AUDIT_DENIED_RETRY = "approval.denied_retry"   # an identical retry of a denied request
+AUDIT_OVERFLOW = "approval.overflow"      # too many pending requests: refused, not queued
 AUDIT_WAIT_EXPIRED = "flow.wait_expired"  # inline wait over: connection refused, request stays
 AUDIT_ABORTED = "flow.aborted"            # a held connection went away (client, stop, restart)
 AUDIT_GRANT = "grant.create"
@@ -372,6 +374,14 @@ class HoldRegistry:
             known.count += 1
             self._save(known)
             return self._attach(loop, known, flow)
+        if sum(1 for r in self._requests.values() if r.state == PENDING) >= MAX_PENDING:
+            # Requests outlive connections, so an agent could pile them up without bound:
+            # past the cap a new one is refused at once (the flow is reset), never let through.
+            self._on_event(AUDIT_OVERFLOW, {"flow_id": flow.flow_id, "rule": verdict.rule,
+                                            "pending": MAX_PENDING})
+            return self._answered(loop, None, flow, Decision(
+                approved=False, by_uid=SYSTEM_UID, by_user=SYSTEM_USER,
+                reason=f"too many pending approval requests ({MAX_PENDING}); refused"))
         return self._attach(loop, self._new_request(key, flow, verdict, detections), flow)
 
     def _new_request(self, key: str, flow: FlowInfo, verdict: Verdict,
