@@ -127,3 +127,12 @@ def test_every_problem_is_named(tmp_path: Path) -> None:
     assert "never be met" in find(found, "rules[0].approvals.approvers").message
     assert "only a hold rule" in find(found, "rules[1].approvals").message
     assert "never be met" in find(found, "rules[2].approvals.required").message
+
+
+def test_shipped_team_example_is_valid() -> None:
+    example = Path(__file__).resolve().parents[1] / "docs" / "examples" / "team-approvals.yaml"
+    cfg = load_config(example, {"secret.private_key", "secret.aws_access_key_id"},
+                      resolve_user=USERS)
+    assert cfg.approvals.timeout == 20.0 and cfg.approvals.team.request_ttl == 3600
+    assert cfg.rules[0].approvals.required == 2
+    assert cfg.approvals.team.identities.slack["U0G9QF9C6"].uid == 1004

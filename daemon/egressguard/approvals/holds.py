@@ -436,7 +436,7 @@ class HoldRegistry:
         self._on_event(AUDIT_GRANT_USE, {
             "grant_id": grant.id, "flow_id": flow.flow_id, "scope": grant.scope,
             "rule": verdict.rule, "detections": [d.to_dict() for d in detections],
-            "approvers": grant.approvers, "uses": grant.uses + 1,
+            "approvers": grant.approvers, "reason": grant.reason, "uses": grant.uses + 1,
             "expires_in_s": round(max(0.0, grant.deadline - time.monotonic()), 3)})
         grant.uses += 1
         self._save_grant(grant)
