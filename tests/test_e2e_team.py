@@ -293,3 +293,30 @@ def test_restart_keeps_pending_requests_and_grants_with_mtls_and_slack(workdir: 
                    for e in events(host, "approval.refused"))
     finally:
         standin.close()
+
+
+def test_a_crash_records_the_held_connection_as_aborted_and_keeps_the_request(
+        workdir: Path) -> None:
+    base = workdir / "crash"
+    with GuardedHost(base, team_policy(base, inline_wait="60s")) as host, \
+            RecordingServer("127.21.2.1", respond=lambda r: OK) as srv:
+        proc = Agent(host, workdir).start(srv.host, srv.port, http_post(AWS_KEY_ID.encode()))
+        try:
+            held = wait_for(lambda: next((h for h in pending(host)
+                                          if h["destination"]["ip"] == srv.host), None))
+            assert host.proc is not None
+            host.proc.kill()                                   # kill -9: no clean stop
+            host.proc.wait(10)
+            report = json.loads(proc.communicate(timeout=30)[0].splitlines()[-1])
+            assert report["received"] == 0                     # the held client got nothing
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        host.stop()
+        host.start()
+        aborted = [e for e in events(host, "flow.aborted") if e["hold_id"] == held["id"]]
+        assert len(aborted) == 1 and "restarted" in aborted[0]["reason"]
+        assert aborted[0]["flow_id"] == held["flow_id"]
+        assert [h["id"] for h in pending(host)] == [held["id"]]
+        assert srv.total_bytes == 0
