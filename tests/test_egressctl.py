@@ -229,3 +229,12 @@ def test_audit_verify_without_the_module(tmp_path: Any, monkeypatch: pytest.Monk
     monkeypatch.setitem(sys.modules, "egressguard.audit.verify", None)   # import fails
     assert ctl.main(["audit", "verify", str(tmp_path / "a.jsonl")]) == 2
     assert "audit verify is not available" in capsys.readouterr().err
+
+
+def test_vote_events_render() -> None:
+    ev = pb.HoldEvent(kind=pb.HOLD_EVENT_KIND_VOTED, hold=_hold(), time=1.0,
+                      decision=pb.Decision(outcome=pb.OUTCOME_VOTED, by_user="bob", by_uid=1001,
+                                           reason="fine", votes=1, required=2))
+    assert ctl.event_json(ev)["event"] == "voted"
+    assert ctl.event_json(ev)["decision"]["outcome"] == "voted"
+    assert "voted   h-abcdefghij  by bob (uid 1001): fine (1 of 2)" in ctl.event_text(ev)

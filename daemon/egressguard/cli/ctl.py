@@ -176,7 +176,7 @@ def grant_json(g: Any) -> dict[str, Any]:
 
 
 _OUTCOME_NAMES = {1: "approved", 2: "denied", 3: "expired", 4: "aborted", 5: "voted"}
-_KIND_NAMES = {1: "opened", 2: "decided", 3: "expired", 4: "aborted"}
+_KIND_NAMES = {1: "opened", 2: "decided", 3: "expired", 4: "aborted", 5: "voted"}
 
 
 def decision_json(d: Any) -> dict[str, Any]:
@@ -271,6 +271,9 @@ def event_text(e: Any) -> str:
     outcome = _OUTCOME_NAMES.get(d.outcome, "unknown")
     if kind == "decided":
         return f"{when} {outcome:<7} {h.id}  by {d.by_user} (uid {d.by_uid}): {d.reason}"
+    if kind == "voted":
+        return (f"{when} voted   {h.id}  by {d.by_user} (uid {d.by_uid}): {d.reason} "
+                f"({d.votes} of {d.required})")
     if kind == "expired":
         return (f"{when} expired {h.id}  no decision in time; "
                 f"{'allowed' if d.approved else 'denied'} (on_timeout={h.on_timeout})")

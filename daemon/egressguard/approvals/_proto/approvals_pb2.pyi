@@ -23,6 +23,7 @@ class HoldEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HOLD_EVENT_KIND_DECIDED: _ClassVar[HoldEventKind]
     HOLD_EVENT_KIND_EXPIRED: _ClassVar[HoldEventKind]
     HOLD_EVENT_KIND_ABORTED: _ClassVar[HoldEventKind]
+    HOLD_EVENT_KIND_VOTED: _ClassVar[HoldEventKind]
 OUTCOME_UNSPECIFIED: Outcome
 OUTCOME_APPROVED: Outcome
 OUTCOME_DENIED: Outcome
@@ -34,6 +35,7 @@ HOLD_EVENT_KIND_OPENED: HoldEventKind
 HOLD_EVENT_KIND_DECIDED: HoldEventKind
 HOLD_EVENT_KIND_EXPIRED: HoldEventKind
 HOLD_EVENT_KIND_ABORTED: HoldEventKind
+HOLD_EVENT_KIND_VOTED: HoldEventKind
 
 class Process(_message.Message):
     __slots__ = ("pid", "tgid", "uid", "gid", "comm", "exe", "cmdline", "user", "unit", "container", "cgroup_path")
