@@ -51,10 +51,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from egressguard.approvals import codec
+from egressguard.approvals.grants import GrantTable
 from egressguard.approvals.peercred import Identity
 from egressguard.approvals.quorum import ApprovalRules, QuorumSpec
-from egressguard.approvals.scope import (ONCE, PROCESS, SCOPES, DestinationKey, Grant, ProcessKey,
-                                         narrowest, new_grant_id, request_key)
+from egressguard.approvals.scope import ONCE, SCOPES, Grant, narrowest, request_key
 from egressguard.approvals.store import ApprovalStore
 from egressguard.model import Decision, Detection, FlowInfo, Verdict
 
@@ -84,10 +84,7 @@ AUDIT_DENIED_RETRY = "approval.denied_retry"   # an identical retry of a denied 
 AUDIT_OVERFLOW = "approval.overflow"      # too many pending requests: refused, not queued
 AUDIT_WAIT_EXPIRED = "flow.wait_expired"  # inline wait over: connection refused, request stays
 AUDIT_ABORTED = "flow.aborted"            # a held connection went away (client, stop, restart)
-AUDIT_GRANT = "grant.create"
-AUDIT_GRANT_USE = "grant.use"
-AUDIT_GRANT_REVOKE = "grant.revoke"
-AUDIT_GRANT_EXPIRE = "grant.expire"
+# grant.create, grant.use, grant.revoke, grant.expire: see grants.py
 
 # Request states (ApprovalRequest.state).
 PENDING, APPROVED_UNUSED, APPROVED, DENIED, DONE = (
@@ -258,15 +255,12 @@ class HoldRegistry:
         self.request_ttl_s = max(float(request_ttl_s or timeout_s), self.timeout_s)
         self.on_timeout = on_timeout
         self.break_glass = break_glass
-        self.grant_ttl_s = min(grant_ttl_s, max_grant_ttl_s)
-        self.max_grant_ttl_s = max_grant_ttl_s
         self.store = store
         self._on_event = on_event
         self._requests: dict[str, ApprovalRequest] = {}       # live (pending/unused/denied)
         self._by_key: dict[str, ApprovalRequest] = {}
         self._finished: OrderedDict[str, ApprovalRequest] = OrderedDict()
-        self._grants: dict[str, Grant] = {}
-        self._grant_timers: dict[str, asyncio.TimerHandle] = {}
+        self._grants = GrantTable(on_event, grant_ttl_s, max_grant_ttl_s, store)
         self._subscribers: list[Callable[[HoldEvent], None]] = []
 
     # -- queries -------------------------------------------------------------------------------
@@ -282,7 +276,7 @@ class HoldRegistry:
 
     def grants(self) -> list[Grant]:
         """Live grants, oldest first."""
-        return sorted(self._grants.values(), key=lambda g: g.created_at)
+        return self._grants.live()
 
     def is_approver(self, who: Identity) -> bool:
         return self.rules.is_any_approver(who)
@@ -326,11 +320,7 @@ class HoldRegistry:
             self._requests[req.id] = req
             self._by_key[req.key] = req
             self._arm_request(req)
-        for body in self.store.live_grants():
-            g = Grant.from_dict(body)
-            g.deadline = now_m + _remaining(g.expires_at, g.ttl_s, now_w)
-            self._grants[g.id] = g
-            self._arm_grant(g)
+        self._grants.restore(self.store.live_grants(), now_w, now_m, _remaining)
 
     def _request_from_store(self, b: dict[str, Any], now_w: float,
                             now_m: float) -> ApprovalRequest:
@@ -359,7 +349,7 @@ class HoldRegistry:
         loop = asyncio.get_running_loop()
         detections = list(detections)
         key = request_key(flow, verdict.rule, detections)
-        grant = next((g for g in self.grants() if g.matches(flow, verdict.rule)), None)
+        grant = self._grants.find(flow, verdict.rule)
         if grant is not None:
             return self._use_grant(loop, grant, flow, verdict, detections)
         known = self._by_key.get(key)
@@ -433,13 +423,7 @@ class HoldRegistry:
 
     def _use_grant(self, loop: asyncio.AbstractEventLoop, grant: Grant, flow: FlowInfo,
                    verdict: Verdict, detections: list[Detection]) -> Waiter:
-        self._on_event(AUDIT_GRANT_USE, {
-            "grant_id": grant.id, "flow_id": flow.flow_id, "scope": grant.scope,
-            "rule": verdict.rule, "detections": [d.to_dict() for d in detections],
-            "approvers": grant.approvers, "reason": grant.reason, "uses": grant.uses + 1,
-            "expires_in_s": round(max(0.0, grant.deadline - time.monotonic()), 3)})
-        grant.uses += 1
-        self._save_grant(grant)
+        self._grants.use(grant, flow, verdict.rule, detections)
         last = grant.approvers[-1] if grant.approvers else {"uid": SYSTEM_UID, "user": SYSTEM_USER}
         return self._answered(loop, None, flow, Decision(
             approved=True, by_uid=int(last["uid"]),
@@ -569,7 +553,11 @@ class HoldRegistry:
                             scope=final_scope)
         grant = None
         if final_scope != ONCE:
-            grant = self._new_grant(req, counted, final_scope)
+            grant = self._grants.make(
+                scope=final_scope, rule=req.verdict.rule, flow=req.flow, request_id=req.id,
+                approvers=[v.who.to_dict() for v in counted],
+                reason="; ".join(v.reason for v in counted),
+                ttls=[v.ttl_s for v in counted if v.ttl_s is not None])
             decision = Decision(approved=True, by_uid=decision.by_uid, by_user=decision.by_user,
                                 reason=decision.reason, request_id=req.id, scope=final_scope,
                                 grant_id=grant.id)
@@ -623,23 +611,6 @@ class HoldRegistry:
                 f"{who.user} (uid {who.uid}) already approved hold {hold_id}; it needs "
                 f"{req.required} different approvers ({len(req.votes)} so far)")
 
-    def _new_grant(self, req: ApprovalRequest, votes: list[Vote], scope: str) -> Grant:
-        asked = [v.ttl_s for v in votes if v.ttl_s is not None]
-        ttl = min(asked) if asked else self.grant_ttl_s
-        capped = ttl > self.max_grant_ttl_s
-        ttl = min(ttl, self.max_grant_ttl_s)
-        now_w = time.time()
-        gid = new_grant_id()
-        while gid in self._grants:
-            gid = new_grant_id()
-        return Grant(id=gid, scope=scope, rule=req.verdict.rule,
-                     process=ProcessKey.of(req.flow.process),
-                     destination=None if scope == PROCESS else DestinationKey.of(req.flow.destination),
-                     request_id=req.id, approvers=[v.who.to_dict() for v in votes],
-                     reason="; ".join(v.reason for v in votes), created_at=now_w,
-                     expires_at=now_w + ttl, ttl_s=ttl, deadline=time.monotonic() + ttl,
-                     capped=capped)
-
     def _finish(self, req: ApprovalRequest, decision: Decision, outcome: str, state: str,
                 who: Identity | None, grant: Grant | None = None,
                 votes: dict[int, Vote] | None = None) -> None:
@@ -664,11 +635,7 @@ class HoldRegistry:
                 fields["once_unused"] = True    # the next identical flow passes once
         self._on_event(AUDIT_DECISION, fields)
         if grant is not None:
-            self._on_event(AUDIT_GRANT, {**grant.to_dict(), "flow_id": req.flow.flow_id,
-                                         "hold_id": req.id, "describe": grant.describe()})
-            self._grants[grant.id] = grant
-            self._save_grant(grant)
-            self._arm_grant(grant)
+            self._grants.add(grant, req.flow.flow_id)
         if votes is not None:
             req.votes = votes
         req.decision = decision
@@ -747,6 +714,7 @@ class HoldRegistry:
         is required. Raises DecisionRefused (audited)."""
         grant = self._grants.get(grant_id)
         code, message = "", ""
+        reason = reason or ""
         if not self.is_approver(who):
             code, message = "not_approver", (f"{who.user} (uid {who.uid}) is not an approver; "
                                              "only approvers may revoke grants")
@@ -760,37 +728,8 @@ class HoldRegistry:
                                            "code": code, "message": message})
             raise DecisionRefused(code, message)
         assert grant is not None
-        revoked = {"who": who.to_dict(), "reason": reason.strip(), "at": time.time()}
-        self._on_event(AUDIT_GRANT_REVOKE, {"grant_id": grant.id, "who": who.to_dict(),
-                                            "reason": reason.strip(), "scope": grant.scope,
-                                            "uses": grant.uses, "describe": grant.describe()})
-        grant.revoked = revoked
-        self._drop_grant(grant)
+        self._grants.revoke(grant, who.to_dict(), reason.strip())
         return grant
-
-    def _arm_grant(self, grant: Grant) -> None:
-        loop = asyncio.get_running_loop()
-        self._grant_timers[grant.id] = loop.call_later(
-            max(0.0, grant.deadline - time.monotonic()), self._grant_expired, grant.id)
-
-    def _grant_expired(self, grant_id: str) -> None:
-        grant = self._grants.get(grant_id)
-        if grant is None:
-            return
-        try:
-            self._on_event(AUDIT_GRANT_EXPIRE, {"grant_id": grant.id, "scope": grant.scope,
-                                                "uses": grant.uses, "describe": grant.describe()})
-        except Exception:
-            log.exception("audit hook failed on a grant expiry (%s)", grant_id)
-        self._drop_grant(grant)
-
-    def _drop_grant(self, grant: Grant) -> None:
-        timer = self._grant_timers.pop(grant.id, None)
-        if timer is not None:
-            timer.cancel()
-        self._grants.pop(grant.id, None)
-        if self.store is not None:
-            self.store.put_grant(grant.id, False, grant.expires_at, grant.to_dict())
 
     # -- shutdown ------------------------------------------------------------------------------
 
@@ -802,9 +741,7 @@ class HoldRegistry:
                 self._detach(waiter, why)
             if req._timer is not None:
                 req._timer.cancel()
-        for timer in self._grant_timers.values():
-            timer.cancel()
-        self._grant_timers.clear()
+        self._grants.close()
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -816,11 +753,6 @@ class HoldRegistry:
             live = req.state in _LIVE_STATES and req.id in self._requests
             self.store.put_request(req.id, req.state if live else "done", req.expires_at,
                                    req.to_store())
-
-    def _save_grant(self, grant: Grant) -> None:
-        if self.store is not None:
-            self.store.put_grant(grant.id, grant.id in self._grants and grant.revoked is None,
-                                 grant.expires_at, grant.to_dict())
 
     def _publish(self, kind: str, req: ApprovalRequest, decision: Decision | None) -> None:
         event = HoldEvent(kind=kind, hold=req, decision=decision, time=time.time())
