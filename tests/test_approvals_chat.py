@@ -222,3 +222,29 @@ def test_signature_verifier_window_and_replays() -> None:
         assert e.value.code == code
     ts2 = str(int(now[0]) + 299)                          # inside the window: fine
     v.verify(ts2, slack.sign(SECRET, ts2, body), body)
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"payload=", b"payload=%5B%5D", b"payload=nonsense", b"a=1&" * 50,
+    b"payload=" + urllib.parse.quote(json.dumps({"type": "block_actions", "actions": "x"})).encode(),
+    b"payload=" + urllib.parse.quote(json.dumps({"type": "block_actions", "user": "U1",
+                                                 "actions": [{"action_id": slack.APPROVE_ACTION,
+                                                              "value": ["h-x"]}],
+                                                 "state": [1, 2], "response_url": 7})).encode(),
+])
+def test_malformed_signed_payloads_are_ignored_not_fatal(body: bytes) -> None:
+    assert isinstance(slack.parse_action(body), str)
+
+
+def test_callback_endpoint_survives_hostile_bodies() -> None:
+    async def scenario() -> None:
+        async with Harness() as h:
+            for body in (b"a=1&" * 50, b"payload=%7B%22type%22%3A1%7D", b"\xff\xfe" * 100):
+                status, answer = await h.send(body)
+                assert status == 200 and "ignored" in answer
+            url = f"http://127.0.0.1:{h.callback.port}{chat.CALLBACK_PATH}"
+            async with h.http.post(url, data=b"x" * (slack.MAX_BODY + 1)) as resp:
+                assert resp.status == 413                 # too large, refused before parsing
+            status, _ = await h.send(payload("h-x", "U0ALICE01", True, "ok", ""))
+            assert status == 200                          # still serving
+    asyncio.run(asyncio.wait_for(scenario(), 30))

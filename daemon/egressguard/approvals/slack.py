@@ -95,27 +95,36 @@ class Action:
 
 
 def parse_action(body: bytes) -> Action | str:
-    """The button press in an interactive payload, or why it is not one we handle."""
-    form = urllib.parse.parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=4)
-    raw = form.get("payload", [""])[0]
+    """The button press in an interactive payload, or why it is not one we handle. Never
+    raises: a signed body can still be malformed."""
     try:
-        payload = json.loads(raw)
+        form = urllib.parse.parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=8)
+        payload = json.loads(form.get("payload", [""])[0])
     except ValueError:
         return "the body has no JSON payload"
     if not isinstance(payload, dict) or payload.get("type") != "block_actions":
         return "not a block_actions payload"
-    actions = payload.get("actions") or []
-    act = actions[0] if actions and isinstance(actions[0], dict) else {}
-    if act.get("action_id") not in (APPROVE_ACTION, DENY_ACTION):
+    actions = payload.get("actions")
+    act = actions[0] if isinstance(actions, list) and actions else None
+    if not isinstance(act, dict) or act.get("action_id") not in (APPROVE_ACTION, DENY_ACTION):
         return "not an egressguard button"
-    user = (payload.get("user") or {}).get("id")
+    user = _dig(payload, "user", "id")
     if not isinstance(user, str) or not user:
         return "no Slack user id in the payload"
-    values = ((payload.get("state") or {}).get("values") or {})
-    reason = ((values.get(REASON_BLOCK) or {}).get(REASON_ACTION) or {}).get("value") or ""
+    reason = _dig(payload, "state", "values", REASON_BLOCK, REASON_ACTION, "value")
+    response_url = payload.get("response_url")
     return Action(approve=act["action_id"] == APPROVE_ACTION, request_id=str(act.get("value", "")),
-                  slack_user=user, reason=str(reason),
-                  response_url=str(payload.get("response_url") or ""))
+                  slack_user=user, reason=reason if isinstance(reason, str) else "",
+                  response_url=response_url if isinstance(response_url, str) else "")
+
+
+def _dig(obj: Any, *keys: str) -> Any:
+    """obj[k1][k2]... or None when any level is missing or not a mapping."""
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
 
 
 # -- messages ----------------------------------------------------------------------------------
