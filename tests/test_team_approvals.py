@@ -468,3 +468,21 @@ def test_pending_requests_are_capped_and_the_overflow_is_refused(
         assert not reg.open(flow(), HOLD, [det("fp:1")]).done      # identical ones still join
         reg.close()
     run(scenario())
+
+
+def test_a_failing_store_is_logged_and_decisions_still_work(tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        rec = Recorder()
+        store = ApprovalStore(str(tmp_path / "approvals.db"))
+        reg = registry(rec, store=store)
+        reg.start()
+        store._db.close()                              # the file is gone from under us
+        w = reg.open(flow(), HOLD, [det()])
+        reg.decide(w.id, ALICE, True, "still works", scope="process")
+        assert (await w.wait()).approved and reg.grants()
+        assert store.failures >= 3
+        reg.close()
+    with caplog.at_level("ERROR"):
+        run(scenario())
+    assert "will not survive a restart" in caplog.text

@@ -11,6 +11,10 @@ Times: wall clock here (a restart has no other common clock). In memory the regi
 into monotonic deadlines, clamped to the original TTL, so a clock that jumps backwards while
 the daemon is down cannot stretch an expiry, and one that jumps forwards only shortens it.
 
+A write that fails once the daemon runs (disk full, file removed) is logged as an error and the
+change still takes effect in memory: enforcement and the audit log do not depend on the store,
+only what a restart can resume does. `failures` counts them.
+
 `waiters` lists connections currently held inline. They cannot survive a restart (the socket is
 gone), so on start every row left there (a crash, `kill -9`) is reported as `flow.aborted`.
 """
@@ -18,11 +22,14 @@ gone), so on start every row left there (a crash, `kill -9`) is reported as `flo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 from typing import Any
 
 from egressguard.errors import EnvironmentProblem
+
+log = logging.getLogger(__name__)
 
 DB_NAME = "approvals.db"
 SCHEMA_VERSION = 1
@@ -43,6 +50,7 @@ class ApprovalStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.failures = 0
         parent = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(parent, mode=0o700, exist_ok=True)
@@ -70,10 +78,18 @@ class ApprovalStore:
     def close(self) -> None:
         self._db.close()
 
+    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+        try:
+            self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            self.failures += 1
+            log.error("approvals store %s: write failed (%s); the change holds in memory but "
+                      "will not survive a restart", self.path, exc)
+
     # -- requests --------------------------------------------------------------------------------
     def put_request(self, rid: str, state: str, expires_at: float, body: dict[str, Any]) -> None:
-        self._db.execute("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)",
-                         (rid, state, expires_at, json.dumps(body, sort_keys=True)))
+        self._write("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)",
+                    (rid, state, expires_at, json.dumps(body, sort_keys=True)))
 
     def live_requests(self) -> list[dict[str, Any]]:
         """Requests that may still matter: pending, approved-once unused, denied (for dedup)."""
@@ -84,8 +100,8 @@ class ApprovalStore:
 
     # -- grants ----------------------------------------------------------------------------------
     def put_grant(self, gid: str, live: bool, expires_at: float, body: dict[str, Any]) -> None:
-        self._db.execute("INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?)",
-                         (gid, int(live), expires_at, json.dumps(body, sort_keys=True)))
+        self._write("INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?)",
+                    (gid, int(live), expires_at, json.dumps(body, sort_keys=True)))
 
     def live_grants(self) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT body FROM grants WHERE live=1 ORDER BY rowid").fetchall()
@@ -94,11 +110,11 @@ class ApprovalStore:
     # -- held connections ------------------------------------------------------------------------
     def add_waiter(self, flow_id: str, request_id: str, since: float,
                    body: dict[str, Any]) -> None:
-        self._db.execute("INSERT OR REPLACE INTO waiters VALUES (?, ?, ?, ?)",
-                         (flow_id, request_id, since, json.dumps(body, sort_keys=True)))
+        self._write("INSERT OR REPLACE INTO waiters VALUES (?, ?, ?, ?)",
+                    (flow_id, request_id, since, json.dumps(body, sort_keys=True)))
 
     def remove_waiter(self, flow_id: str) -> None:
-        self._db.execute("DELETE FROM waiters WHERE flow_id=?", (flow_id,))
+        self._write("DELETE FROM waiters WHERE flow_id=?", (flow_id,))
 
     def take_waiters(self) -> list[dict[str, Any]]:
         """Connections that were held when the daemon last stopped; removes them."""
