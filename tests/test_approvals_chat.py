@@ -97,7 +97,7 @@ class Harness:
         await self.standin.start()
         cfg = ChatConfig(slack=SlackConfig(self.standin.url("slack"), "-", ("127.0.0.1", 0)),
                          webhook_url=self.standin.url("generic"), retries=self.retries)
-        self.notifier = ChatNotifier(cfg, self.registry, self.record)
+        self.notifier = ChatNotifier(cfg, self.registry, self.record, mark=0x4547)
         await self.notifier.start()
         self.callback = SlackCallback(SECRET, IDS, self.registry, self.notifier)
         await self.callback.start("127.0.0.1", 0)
@@ -248,3 +248,32 @@ def test_callback_endpoint_survives_hostile_bodies() -> None:
             status, _ = await h.send(payload("h-x", "U0ALICE01", True, "ok", ""))
             assert status == 200                          # still serving
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_outgoing_posts_carry_the_proxy_mark() -> None:
+    import socket as so
+    factory = chat.marked_socket_factory(0x4547)
+    sock = factory((so.AF_INET, so.SOCK_STREAM, so.IPPROTO_TCP, "", ("127.0.0.1", 1)))
+    try:
+        assert sock.getsockopt(so.SOL_SOCKET, so.SO_MARK) == 0x4547
+    finally:
+        sock.close()
+
+
+def test_process_chosen_text_cannot_mention_or_link_in_slack() -> None:
+    import dataclasses
+    from egressguard.approvals.holds import HoldEvent
+    from egressguard.model import Decision
+    reg = HoldRegistry(["uid:0"], 5.0, "deny", lambda n, f: None)
+
+    async def scenario() -> None:
+        f = make_flow(OWNER, "f-evil")
+        f.process = dataclasses.replace(f.process, exe="/tmp/<!channel>&<https://x|click>")
+        w = reg.open(f, VERDICT, [DET])
+        msg = json.dumps(slack.request_message(reg.get(w.id)))
+        assert "<!channel>" not in msg and "&lt;!channel&gt;&amp;&lt;https://x|click&gt;" in msg
+        d = Decision(approved=True, by_uid=0, by_user="root", reason="<!here> ok")
+        out = slack.outcome_message(HoldEvent("decided", reg.get(w.id), d, 0.0))
+        assert "<!here>" not in json.dumps(out)
+        reg.close()
+    asyncio.run(scenario())

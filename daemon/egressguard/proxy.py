@@ -31,6 +31,7 @@ from .events import EventBus
 from .model import Decision, Destination, FlowInfo, FlowState, Process
 from .relay import (ConnectUpstream, Emit, HalfCloseUpstream, Hold, Phase, Relay, Reset,
                     SendUpstream)
+from .scan.redact import redact_bytes
 
 log = logging.getLogger("egressguard.proxy")
 
@@ -166,7 +167,7 @@ class FlowHandler:
         self.flow = FlowInfo(self.proxy.new_flow_id(), origin.process, origin.destination,
                              time.time())
         self.relay = Relay(self.flow, self.proxy.policy_provider(), engine.open_stream(),
-                           self.proxy.masker)
+                           self.proxy.masker, redact=lambda data: redact_bytes(engine, data))
         self.proxy.flows[self.flow.flow_id] = self.flow
         try:
             self.execute(self.relay.start())

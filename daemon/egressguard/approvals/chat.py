@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -44,12 +45,31 @@ CALLBACK_PATH = "/slack/interactive"
 _RESPONSE_URLS = 1000       # requests whose Slack message we can still update
 
 
+def marked_socket_factory(mark: int) -> Callable[[Any], socket.socket]:
+    """aiohttp socket factory: every outgoing socket carries SO_MARK = proxy.mark, so the probes
+    never redirect the daemon's own posts into its proxy (it may run inside the cgroup it
+    guards)."""
+
+    def factory(addr_info: Any) -> socket.socket:
+        family, type_, proto = addr_info[0], addr_info[1], addr_info[2]
+        sock = socket.socket(family, type_, proto)
+        try:
+            if mark:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    return factory
+
+
 class ChatNotifier:
     """Posts request events to the configured chat endpoints, with retries."""
 
     def __init__(self, cfg: ChatConfig, registry: HoldRegistry,
-                 on_event: Callable[[str, dict[str, Any]], None]) -> None:
+                 on_event: Callable[[str, dict[str, Any]], None], mark: int = 0) -> None:
         self.cfg = cfg
+        self.mark = mark
         self.registry = registry
         self._on_event = on_event
         self._queue: asyncio.Queue[tuple[str, dict[str, Any], str]] = asyncio.Queue(QUEUE_SIZE)
@@ -61,7 +81,9 @@ class ChatNotifier:
         self.failed = 0
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=POST_TIMEOUT_S))
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=POST_TIMEOUT_S),
+            connector=aiohttp.TCPConnector(socket_factory=marked_socket_factory(self.mark)))
         self._worker = asyncio.create_task(self._run())
         self._unsubscribe = self.registry.subscribe(self._on_hold_event)
 

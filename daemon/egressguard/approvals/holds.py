@@ -65,6 +65,8 @@ SYSTEM_UID = -1                 # Decision.by_uid when egressguard itself resolv
 SYSTEM_USER = "egressguard"
 _FINISHED_MEMORY = 1024         # resolved requests kept to explain late decisions
 MAX_PENDING = 10_000           # pending requests; beyond, new ones are refused (fail closed)
+MAX_REASON = 2000               # characters of a decision's reason that are recorded
+MAX_HOLD_ID = 64                # a real id is 12; longer ones are recorded cut
 DEFAULT_GRANT_TTL = 15 * 60.0
 DEFAULT_MAX_GRANT_TTL = 8 * 3600.0
 
@@ -101,6 +103,10 @@ class DecisionRefused(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "...[cut]"
 
 
 def new_hold_id() -> str:
@@ -244,7 +250,8 @@ class HoldRegistry:
                  quorums: Mapping[str, QuorumSpec] | None = None, break_glass: bool = False,
                  grant_ttl_s: float = DEFAULT_GRANT_TTL,
                  max_grant_ttl_s: float = DEFAULT_MAX_GRANT_TTL,
-                 store: ApprovalStore | None = None) -> None:
+                 store: ApprovalStore | None = None,
+                 redact: Callable[[str], str] | None = None) -> None:
         if on_timeout not in ON_TIMEOUT:
             raise ValueError(f"on_timeout must be one of {', '.join(ON_TIMEOUT)}, not {on_timeout!r}")
         if not timeout_s > 0:
@@ -257,6 +264,9 @@ class HoldRegistry:
         self.break_glass = break_glass
         self.store = store
         self._on_event = on_event
+        # A reason is free text from a person ("ok, AKIA... is the test key"): it is recorded
+        # and shown, so it goes through the detectors first, like a command line.
+        self._redact = redact or (lambda text: text)
         self._requests: dict[str, ApprovalRequest] = {}       # live (pending/unused/denied)
         self._by_key: dict[str, ApprovalRequest] = {}
         self._finished: OrderedDict[str, ApprovalRequest] = OrderedDict()
@@ -504,6 +514,10 @@ class HoldRegistry:
         raises DecisionRefused (and audits the refusal). A vote that leaves the quorum short
         returns a Decision with pending=True."""
         verb = "approve" if approve else "deny"
+        # Both come from the caller, who may be anyone local (the held agent included) and
+        # whose refused attempts are audited too: bounded, and scanned like a command line.
+        hold_id = self._redact(_clip(hold_id, MAX_HOLD_ID))
+        reason = self._redact(_clip(reason, MAX_REASON))
         req = self._requests.get(hold_id)
         try:
             self._check(hold_id, req, who, verb, reason, approve, scope, ttl_s, break_glass)
@@ -712,9 +726,10 @@ class HoldRegistry:
     def revoke(self, grant_id: str, who: Identity, reason: str) -> Grant:
         """End a grant now. Any approver may revoke (it only takes permission away); a reason
         is required. Raises DecisionRefused (audited)."""
+        grant_id = self._redact(_clip(grant_id, MAX_HOLD_ID))
+        reason = self._redact(_clip(reason or "", MAX_REASON))
         grant = self._grants.get(grant_id)
         code, message = "", ""
-        reason = reason or ""
         if not self.is_approver(who):
             code, message = "not_approver", (f"{who.user} (uid {who.uid}) is not an approver; "
                                              "only approvers may revoke grants")

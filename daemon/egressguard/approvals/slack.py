@@ -129,6 +129,13 @@ def _dig(obj: Any, *keys: str) -> Any:
 
 # -- messages ----------------------------------------------------------------------------------
 
+def _esc(text: object) -> str:
+    """Slack mrkdwn escaping. The held process chose much of what is shown (its executable's
+    path, the Host it sent): `<!channel>` or `<https://evil|click>` must show as text, never
+    page a channel or become a link."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _facts(req: ApprovalRequest) -> list[dict[str, Any]]:
     p, d = req.flow.process, req.flow.destination
     where = f"{d.host}:{d.port} ({d.ip})" if d.host else f"{d.ip}:{d.port}"
@@ -140,7 +147,7 @@ def _facts(req: ApprovalRequest) -> list[dict[str, Any]]:
              ("Rule", req.verdict.rule),
              ("Approvals", f"{len(req.votes)} of {req.required}"
                            + (f", seen {req.count}x" if req.count > 1 else ""))]
-    return [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in facts]
+    return [{"type": "mrkdwn", "text": f"*{k}*\n{_esc(v)}"} for k, v in facts]
 
 
 def request_message(req: ApprovalRequest) -> dict[str, Any]:
@@ -167,7 +174,8 @@ def outcome_message(event: HoldEvent) -> dict[str, Any]:
     """Replaces the original message once something happened to the request."""
     req, d = event.hold, event.decision
     if event.kind == "voted" and d is not None:
-        head = f"{req.id}: approval {len(req.votes)} of {req.required} by {d.by_user}: {d.reason}"
+        head = _esc(f"{req.id}: approval {len(req.votes)} of {req.required} by {d.by_user}: "
+                    f"{d.reason}")
         blocks = request_message(req)["blocks"]
         blocks[0] = {"type": "section", "text": {"type": "mrkdwn", "text": head}}
         return {"replace_original": True, "text": head, "blocks": blocks}
@@ -179,6 +187,7 @@ def outcome_message(event: HoldEvent) -> dict[str, Any]:
         verb = "approved" if d.approved else "denied"
         text = f"{req.id} {verb} by {d.by_user}: {d.reason}" + (
             f" (scope {d.scope}, grant {d.grant_id})" if d.grant_id else "")
+    text = _esc(text)
     return {"replace_original": True, "text": text,
             "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}},
                        {"type": "section", "fields": _facts(req)}]}

@@ -17,7 +17,8 @@ from egressguard.model import FlowInfo
 
 
 def build_registry(config: Any, on_event: Callable[[str, dict[str, Any]], None],
-                   use_store: bool = True) -> HoldRegistry:
+                   use_store: bool = True,
+                   redact: Callable[[str], str] | None = None) -> HoldRegistry:
     """The daemon's HoldRegistry. Approver names were resolved to uids when the policy was
     loaded: decide by uid. Call `registry.start()` inside the loop once the audit log runs."""
     a = config.approvals
@@ -26,7 +27,7 @@ def build_registry(config: Any, on_event: Callable[[str, dict[str, Any]], None],
     return HoldRegistry([f"uid:{ref.uid}" for ref in a.approvers], a.timeout, a.on_timeout,
                         on_event, request_ttl_s=a.team.request_ttl, quorums=quorums,
                         break_glass=a.team.break_glass, grant_ttl_s=a.team.grant_ttl,
-                        max_grant_ttl_s=a.team.max_grant_ttl, store=store)
+                        max_grant_ttl_s=a.team.max_grant_ttl, store=store, redact=redact)
 
 
 class Channels:
@@ -59,7 +60,7 @@ async def start_channels(config: Any, registry: HoldRegistry,
             channels.remote_port = remote.port
         if team.chat is not None:
             from egressguard.approvals.chat import ChatNotifier, SlackCallback, read_secret
-            notifier = ChatNotifier(team.chat, registry, on_event)
+            notifier = ChatNotifier(team.chat, registry, on_event, mark=config.proxy.mark)
             await notifier.start()
             channels.stoppers.append(notifier.stop)
             channels.notifier = notifier

@@ -9,12 +9,13 @@
     egressctl [--socket PATH] grants [--json]
     egressctl [--socket PATH] revoke GRANT_ID --reason TEXT
     egressctl --server HOST:PORT --cert FILE --key FILE --ca FILE ...   (remote, mutual TLS)
-    egressctl audit verify FILE
+    egressctl audit verify FILE        (FILE and its rotated segments FILE.<seq>)
 
 The daemon knows who you are from the socket's peer credentials, or, with --server, from
-your client certificate (mapped by approvals.identities); nothing here sends a user name. Errors are one line on stderr. Exit codes: 0 ok; 1 refused by the daemon (decision
-refused, not found, not allowed) or audit log tampered; 2 usage or local error; 3 the daemon
-cannot be reached (not running, socket missing, no permission on the socket).
+your client certificate (mapped by approvals.identities); nothing here sends a user name.
+Errors are one line on stderr. Exit codes: 0 ok; 1 refused by the daemon (decision refused,
+not found, not allowed) or audit log tampered; 2 usage or local error; 3 the daemon cannot be
+reached (not running, socket missing, no permission on the socket).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
+
+from egressguard.cli.termsafe import printable
 
 DEFAULT_SOCKET = "/run/egressguard/approvals.sock"
 RPC_TIMEOUT_S = 10.0
@@ -242,12 +245,13 @@ def _why(rule: str, reason: str) -> str:
 
 
 def hold_text(h: Any) -> str:
-    """A few lines per hold, readable at a glance: who, what process, where, which data, age."""
+    """A few lines per hold, readable at a glance: who, what process, where, which data, age.
+    Each line is `printable()`: the held process chose much of what it shows."""
     extra = []
     if h.required > 1 or h.votes:
         extra.append(f"  votes: {len(h.votes)} of {h.required}"
                      + "".join(f"; {v.user} ({v.reason})" for v in h.votes))
-    return "\n".join([
+    return "\n".join(printable(line) for line in [
         f"{h.id}  held {_duration(h.age_s)}, expires in {_duration(h.expires_in_s)}"
         + (f", seen {h.count}x" if h.count > 1 else "")
         + (f", {h.waiting} connection(s) waiting" if h.waiting else ", no connection waiting"),
@@ -260,6 +264,10 @@ def hold_text(h: Any) -> str:
 
 
 def event_text(e: Any) -> str:
+    return printable(_event_line(e))
+
+
+def _event_line(e: Any) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(e.time))
     kind = _KIND_NAMES.get(e.kind, "unknown")
     h = e.hold
@@ -283,13 +291,13 @@ def event_text(e: Any) -> str:
 def flows_table(flows: list[Any]) -> str:
     rows = [("FLOW", "STATE", "USER", "PID", "PROCESS", "DESTINATION", "ACTION", "DATA", "UP/DOWN")]
     for f in flows:
-        rows.append((
+        rows.append(tuple(printable(cell) for cell in (
             f.flow_id, f.state, _who(f.process), str(f.process.pid),
             (f.process.exe or f.process.comm or "?")[-30:], _dest(f.destination),
             f"{f.verdict.action} ({f.verdict.rule})" if f.HasField("verdict") else "-",
             ",".join(sorted({d.detector for d in f.detections})) or "-",
             f"{f.bytes_up}/{f.bytes_down}",
-        ))
+        )))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -328,15 +336,16 @@ def _decide(args: argparse.Namespace, client: Client, approve: bool) -> int:
     method = client.stub.Approve if approve else client.stub.Deny
     d = client.call(method, request).decision
     if d.outcome == 5:
-        print(f"approval recorded for {d.hold_id} as {d.by_user} (uid {d.by_uid}): "
-              f"{d.votes} of {d.required}; it needs another approver")
+        print(printable(f"approval recorded for {d.hold_id} as {d.by_user} (uid {d.by_uid}): "
+                        f"{d.votes} of {d.required}; it needs another approver"))
         return EXIT_OK
     verb = "approved" if approve else "denied"
-    print(f"{verb} {d.hold_id} (flow {d.flow_id}) as {d.by_user} (uid {d.by_uid}): {d.reason}")
+    print(printable(f"{verb} {d.hold_id} (flow {d.flow_id}) as {d.by_user} (uid {d.by_uid}): "
+                    f"{d.reason}"))
     if d.grant_id:
         capped = " (capped by approvals.max_grant_ttl)" if d.grant_ttl_capped else ""
-        print(f"grant {d.grant_id}: scope {d.scope} for {_duration(d.grant_ttl_s)}{capped}; "
-              f"egressctl revoke {d.grant_id} --reason TEXT ends it")
+        print(printable(f"grant {d.grant_id}: scope {d.scope} for {_duration(d.grant_ttl_s)}"
+                        f"{capped}; egressctl revoke {d.grant_id} --reason TEXT ends it"))
     return EXIT_OK
 
 
@@ -349,8 +358,8 @@ def cmd_grants(args: argparse.Namespace, client: Client) -> int:
 def grant_text(g: Any) -> str:
     where = _dest(g.destination) if g.HasField("destination") else "anywhere"
     by = ", ".join(v.user for v in g.approvers)
-    return (f"{g.id}  {g.scope}  uid {g.uid} {g.exe or '?'} -> {where}  rule {g.rule}  "
-            f"expires in {_duration(g.expires_in_s)}  used {g.uses}x  by {by}: {g.reason}")
+    return printable(f"{g.id}  {g.scope}  uid {g.uid} {g.exe or '?'} -> {where}  rule {g.rule}  "
+                     f"expires in {_duration(g.expires_in_s)}  used {g.uses}x  by {by}: {g.reason}")
 
 
 def cmd_revoke(args: argparse.Namespace, client: Client) -> int:
@@ -358,7 +367,7 @@ def cmd_revoke(args: argparse.Namespace, client: Client) -> int:
         raise CtlError("--reason must not be empty: say why (it goes to the audit log)", EXIT_USAGE)
     g = client.call(client.stub.Revoke, client.pb.RevokeRequest(grant_id=args.grant_id,
                                                                 reason=args.reason)).grant
-    print(f"revoked {g.id} ({g.scope}, used {g.uses}x)")
+    print(printable(f"revoked {g.id} ({g.scope}, used {g.uses}x)"))
     return EXIT_OK
 
 
@@ -406,21 +415,26 @@ def cmd_flows(args: argparse.Namespace, client: Client) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check the hash chain of an audit log (no daemon needed)."""
     try:
-        from egressguard.audit.verify import verify
+        from egressguard.audit.verify import verify_set
     except ImportError as e:
         raise CtlError(f"audit verify is not available in this installation: {e}", EXIT_USAGE)
     if not os.path.exists(args.file):
         raise CtlError(f"no such file: {args.file}", EXIT_USAGE)
-    result = verify(args.file)
+    result = verify_set(args.file)         # the file and its rotated segments, one chain
     if result.ok:
-        print(f"OK: {result.events} events, chain intact"
-              + (" (the file is empty)" if result.events == 0 else ""))
+        if result.message.startswith(f"{result.events} events in "):
+            print(f"OK: {result.message.split(';')[0]}")
+        else:
+            print(f"OK: {result.events} events, chain intact"
+                  + (" (the file is empty)" if result.events == 0 else ""))
         return EXIT_OK
     message = result.message
     prefix = f"line {result.line}: "
     if message.startswith(prefix):          # verify() names the line itself; say it once
         message = message[len(prefix):]
-    print(f"TAMPERED: line {result.line}: {message}")
+    file = getattr(result, "file", None)
+    where = f"{file}: " if file and file != args.file else ""
+    print(printable(f"TAMPERED: {where}line {result.line}: {message}"))
     return EXIT_REFUSED
 
 
@@ -525,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             client.close()
     except CtlError as e:
-        print(f"egressctl: {e}", file=sys.stderr)
+        print(printable(f"egressctl: {e}"), file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
         return 130
