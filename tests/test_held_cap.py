@@ -26,8 +26,9 @@ def test_total_cap_refuses_new_flows_until_holds_are_decided() -> None:
     payload = http_post(b'{"k": "' + AWS_KEY_ID.encode() + b'", "pad": "' + b"p" * 100_000
                         + b'"}')
     with GuardedHost(d / "h", cfg) as host, RecordingServer("127.20.9.1") as srv, \
-            RecordingServer("127.20.9.2") as other:
-        agents = [Agent(host, d).start(srv.host, srv.port, payload) for _ in range(2)]
+            RecordingServer("127.20.9.3") as srv2, RecordingServer("127.20.9.2") as other:
+        # Two destinations: identical requests would join one approval request.
+        agents = [Agent(host, d).start(s.host, s.port, payload) for s in (srv, srv2)]
         holds = wait_for(lambda: (lambda p: p if len(p) == 2 else None)(pending(host)))
         status = wait_for(lambda: (lambda s: s if s["held_bytes"] >= 128 * 1024 else None)(
             json.loads(host.egressctl("status", "--json").stdout)))
@@ -48,4 +49,4 @@ def test_total_cap_refuses_new_flows_until_holds_are_decided() -> None:
         ok = Agent(host, d).run(other.host, other.port, b"hello")
         assert ok["error"] is None
         wait_for(lambda: other.all_data() == b"hello")
-        assert AWS_KEY_ID.encode() not in srv.all_data()
+        assert AWS_KEY_ID.encode() not in srv.all_data() + srv2.all_data()

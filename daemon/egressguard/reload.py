@@ -40,6 +40,12 @@ RESTART_ONLY: tuple[tuple[str, Callable[[Config], Any]], ...] = (
     ("proxy.dns_ports", lambda c: c.proxy.dns_ports),
     ("proxy.mark", lambda c: c.proxy.mark),
     ("approvals.socket", lambda c: c.approvals.socket),
+    # The mTLS listener, chat channels and grant table are built from these at start.
+    ("approvals.remote", lambda c: c.approvals.team.remote),
+    ("approvals.chat", lambda c: c.approvals.team.chat),
+    ("approvals.identities", lambda c: c.approvals.team.identities),
+    ("approvals.grant_ttl", lambda c: c.approvals.team.grant_ttl),
+    ("approvals.max_grant_ttl", lambda c: c.approvals.team.max_grant_ttl),
     ("audit.path", lambda c: c.audit.path),
     ("audit.rotate_size", lambda c: c.audit.rotate_size),
     ("audit.sinks", lambda c: c.audit.sinks),
@@ -75,7 +81,8 @@ class ReloadResult:
         return self.outcome == "applied"
 
 
-_VALUES_NOT_SHOWN = ("audit.sinks",)   # long, and they carry credentials (HEC tokens)
+# Long, or carrying credentials (HEC tokens, webhook URLs): named, values not shown.
+_VALUES_NOT_SHOWN = ("audit.sinks", "approvals.remote", "approvals.chat", "approvals.identities")
 
 
 def restart_only_changes(old: Config, new: Config) -> list[ConfigIssue]:
@@ -153,8 +160,13 @@ class Reloader:
         state.policy_hash = new_hash
         state.loaded_at = time.time()
         registry = state.registry
-        registry.set_approvers([f"uid:{ref.uid}" for ref in cfg.approvals.approvers])
+        from egressguard.approvals.wiring import quorums_of
+        registry.set_approvers([f"uid:{ref.uid}" for ref in cfg.approvals.approvers],
+                               quorums_of(cfg))
         registry.timeout_s = float(cfg.approvals.timeout)
+        registry.request_ttl_s = max(float(cfg.approvals.team.request_ttl or
+                                           cfg.approvals.timeout), registry.timeout_s)
+        registry.break_glass = cfg.approvals.team.break_glass
         registry.on_timeout = cfg.approvals.on_timeout
         proxy = state.proxy
         proxy.limits = replace(proxy.limits, max_held_bytes=cfg.proxy.max_held_bytes,

@@ -64,6 +64,16 @@ class ApprovalsStub:
                 request_serializer=egressguard_dot_v1_dot_approvals__pb2.ListFlowsRequest.SerializeToString,
                 response_deserializer=egressguard_dot_v1_dot_approvals__pb2.ListFlowsResponse.FromString,
                 _registered_method=True)
+        self.ListGrants = channel.unary_unary(
+                '/egressguard.v1.Approvals/ListGrants',
+                request_serializer=egressguard_dot_v1_dot_approvals__pb2.ListGrantsRequest.SerializeToString,
+                response_deserializer=egressguard_dot_v1_dot_approvals__pb2.ListGrantsResponse.FromString,
+                _registered_method=True)
+        self.Revoke = channel.unary_unary(
+                '/egressguard.v1.Approvals/Revoke',
+                request_serializer=egressguard_dot_v1_dot_approvals__pb2.RevokeRequest.SerializeToString,
+                response_deserializer=egressguard_dot_v1_dot_approvals__pb2.RevokeResponse.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/egressguard.v1.Approvals/Status',
                 request_serializer=egressguard_dot_v1_dot_approvals__pb2.StatusRequest.SerializeToString,
@@ -124,6 +134,20 @@ class ApprovalsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListGrants(self, request, context):
+        """Live grants (approvers only; anyone else sees the grants for their own uid).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Revoke(self, request, context):
+        """End a grant now. Approvers only; a reason is required (INVALID_ARGUMENT).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Status(self, request, context):
         """The daemon's state: version, uptime, scope, probes per hook, policy hash, counters, holds,
         sinks, failure mode. Any local user may ask (it names no flow or user).
@@ -173,6 +197,16 @@ def add_ApprovalsServicer_to_server(servicer, server):
                     servicer.ListFlows,
                     request_deserializer=egressguard_dot_v1_dot_approvals__pb2.ListFlowsRequest.FromString,
                     response_serializer=egressguard_dot_v1_dot_approvals__pb2.ListFlowsResponse.SerializeToString,
+            ),
+            'ListGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGrants,
+                    request_deserializer=egressguard_dot_v1_dot_approvals__pb2.ListGrantsRequest.FromString,
+                    response_serializer=egressguard_dot_v1_dot_approvals__pb2.ListGrantsResponse.SerializeToString,
+            ),
+            'Revoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revoke,
+                    request_deserializer=egressguard_dot_v1_dot_approvals__pb2.RevokeRequest.FromString,
+                    response_serializer=egressguard_dot_v1_dot_approvals__pb2.RevokeResponse.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -347,6 +381,60 @@ class Approvals:
             '/egressguard.v1.Approvals/ListFlows',
             egressguard_dot_v1_dot_approvals__pb2.ListFlowsRequest.SerializeToString,
             egressguard_dot_v1_dot_approvals__pb2.ListFlowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/egressguard.v1.Approvals/ListGrants',
+            egressguard_dot_v1_dot_approvals__pb2.ListGrantsRequest.SerializeToString,
+            egressguard_dot_v1_dot_approvals__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/egressguard.v1.Approvals/Revoke',
+            egressguard_dot_v1_dot_approvals__pb2.RevokeRequest.SerializeToString,
+            egressguard_dot_v1_dot_approvals__pb2.RevokeResponse.FromString,
             options,
             channel_credentials,
             insecure,
