@@ -54,7 +54,8 @@ def compile_config(config: Config, fingerprint_key: bytes) -> Loaded:
     """Compile the detectors into one Hyperscan database and the rules into a Policy."""
     detectors = enabled_detectors(config.detectors)
     try:
-        engine = ScanEngine(detectors, fingerprint_key)
+        engine = ScanEngine(detectors, fingerprint_key,
+                            phone_region=config.detectors.phone_region)
     except Exception as exc:  # noqa: BLE001 - see _engine_issues
         raise ConfigError(_engine_issues(config, detectors, exc)) from None
     return Loaded(config, Policy.from_config(config), engine)

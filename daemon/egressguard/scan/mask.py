@@ -30,17 +30,26 @@ _SECRET_PREFIX: dict[str, re.Pattern[bytes]] = {
     "secret.stripe_key": re.compile(rb"[a-z]{2}_(?:live|test)_"),
     "secret.jwt": re.compile(rb"eyJ"),
     "secret.private_key": re.compile(rb"-----BEGIN [A-Z ]{0,40}-----"),
+    "secret.gitlab_token": re.compile(rb"gl[a-z]{1,5}-"),
+    "secret.bitbucket_app_password": re.compile(rb"ATBB"),
+    "secret.huggingface_token": re.compile(rb"hf_|api_org_"),
+    "secret.groq_api_key": re.compile(rb"gsk_"),
+    "secret.slack_webhook": re.compile(rb"hooks\.slack\.com/[a-z]+/"),
+    "secret.twilio_api_key": re.compile(rb"SK"),
+    "secret.sendgrid_api_key": re.compile(rb"SG\."),
 }
 # Secrets whose preview may show the last four characters (long random tokens only, as
 # cloud consoles do); never for PEM bodies, JWTs or passwords.
 _REVEAL_TAIL = frozenset({
     "secret.aws_access_key_id", "secret.github_token", "secret.openai_api_key",
     "secret.anthropic_api_key", "secret.slack_token", "secret.google_api_key",
-    "secret.stripe_key",
+    "secret.stripe_key", "secret.gitlab_token", "secret.bitbucket_app_password",
+    "secret.huggingface_token", "secret.groq_api_key", "secret.sendgrid_api_key",
 })
 _URL_USERINFO = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*://[^:@]*:)([^@]*)(@.*)", re.DOTALL)
-_DIGITS_ONLY = frozenset({"pii.payment_card", "pii.us_ssn", "pii.phone"})
-_CANON_ALNUM = frozenset({"pii.payment_card", "pii.us_ssn", "pii.phone", "pii.iban"})
+_DIGITS_ONLY = frozenset({"pii.payment_card", "pii.us_ssn", "pii.phone", "pii.us_itin"})
+_CANON_ALNUM = frozenset({"pii.payment_card", "pii.us_ssn", "pii.phone", "pii.iban",
+                          "pii.us_itin"})
 _PREVIEW_MAX = 48
 _STAR_RUN = re.compile(r"\*{13,}")
 
