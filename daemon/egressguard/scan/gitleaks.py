@@ -349,6 +349,7 @@ def _boundaries(p: str) -> tuple[str, str | None, str | None]:
                 if allowed is not None and all(len(x) == 1 for x in allowed):
                     ok = set().union(*(x[0] for x in allowed)) | {10}
                     not_before, p = class_of(_ALL - ok), p[e:]
+    p = _drop_optional_lead(p)
     atoms = _atoms(p)
     if atoms and (not_before is None or not_before == class_of(_WORD)):
         s, e = atoms[0]
@@ -385,6 +386,22 @@ def _boundaries(p: str) -> tuple[str, str | None, str | None]:
                 p = p[:s] + tail[:open_len] + "|".join(trimmed) + ")" + p[e:]
                 not_after = not_after or class_of(_WORD)
     return p, not_before, not_after
+
+
+def _drop_optional_lead(p: str) -> str:
+    """Drop leading atoms that may match nothing (gitleaks' `[\\w.-]{0,50}?` before a key
+    name): they never decide whether a rule matches nor where its secret is, but re-matching
+    them from every start position is what made keyword rules slow (a 50x lazy loop per
+    byte of the window). Keywords are still looked for in the bytes before the match."""
+    while True:
+        atoms = _atoms(p)
+        if len(atoms) < 2:
+            return p
+        s, e = atoms[0]
+        head = p[s:e]
+        if not re.fullmatch(r"(?:\[[^\]]*\]|\\.|[^()\[\\])(?:\*\??|\?\??|\{0,\d*\}\??)", head):
+            return p
+        p = p[e:]
 
 
 def class_of(members: frozenset[int] | set[int]) -> str:

@@ -18,6 +18,7 @@ import re
 
 MASK = ord("*")
 _KEEP_BYTES = frozenset(b"\r\n")
+_MASK_TABLE = bytes(b if b in _KEEP_BYTES else MASK for b in range(256))
 
 # Secrets: the prefix that names the kind of key (public knowledge, not secret material).
 _SECRET_PREFIX: dict[str, re.Pattern[bytes]] = {
@@ -56,11 +57,9 @@ _STAR_RUN = re.compile(r"\*{13,}")
 
 def mask_span(data: bytes, detector_id: str) -> bytes:
     """Same-length replacement for a matched span (see module docstring for what is kept)."""
-    out = bytearray(data)
-    keep = _kept_positions(data, detector_id)
-    for i, byte in enumerate(data):
-        if i not in keep and byte not in _KEEP_BYTES:
-            out[i] = MASK
+    out = bytearray(data.translate(_MASK_TABLE))     # every byte but CR/LF, in C
+    for i in _kept_positions(data, detector_id):
+        out[i] = data[i]
     assert len(out) == len(data)
     return bytes(out)
 

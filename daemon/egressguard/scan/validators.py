@@ -126,8 +126,8 @@ def iban(match: bytes, context: bytes, params: Mapping[str, Any]) -> bool:
     """An IBAN of a known country with that country's length and a valid mod-97 checksum."""
     text = _NON_ALNUM.sub(b"", match).decode("ascii").upper()
     expected = IBAN_LENGTHS.get(text[:2])
-    if expected is None or len(text) != expected:
-        return False
+    if expected is None or len(text) != expected or text[2:4] in ("00", "01", "99"):
+        return False                  # ISO 13616 never issues check digits 00, 01 or 99
     return iban_mod97_ok(text)
 
 
