@@ -28,7 +28,7 @@ from corpus.generate import build, score  # noqa: E402
 from egressguard.scan.engine import ScanEngine  # noqa: E402
 from egressguard.scan.gitleaks import load_gitleaks  # noqa: E402
 from egressguard.scan.pack import load_pack  # noqa: E402
-from scanner import bench_feed, bench_raw, chunks, prose, source  # noqa: E402
+from scanner import chunks, measure, prose, source  # noqa: E402
 
 DEFAULT_GITLEAKS = ROOT / ".venv" / "share" / "egressguard" / "gitleaks-default.toml"
 WRITE = 16 * 1024
@@ -60,12 +60,7 @@ def speed(packs: dict[str, ScanEngine], mib: int, repeat: int) -> None:
     print(f"{'pack':22} {'text':7} {'raw MB/s':>9} {'ours MB/s':>10} {'ratio':>6}")
     for name, engine in packs.items():
         for text_name, data in texts.items():
-            parts = chunks(data, WRITE)
-            raw_runs, feed_runs = [], []
-            for _ in range(repeat):          # interleaved, so drift hits both alike
-                raw_runs.append(bench_raw(engine, parts))
-                feed_runs.append(bench_feed(engine, parts))
-            raw, feed = min(raw_runs), min(feed_runs)
+            raw, feed = measure(engine, chunks(data, WRITE), repeat)
             mb = len(data) / 1e6
             print(f"{name:22} {text_name:7} {mb / raw:>9.1f} {mb / feed:>10.1f} "
                   f"{raw / feed:>6.2f}")

@@ -250,3 +250,24 @@ def false_positives(seed: int = 99) -> list[tuple[str, bytes]]:
         ("dob-log-line", "2024-05-01T10:00:00Z born-again job started"),
     ]
     return [(name, text.encode()) for name, text in items]
+
+
+def streamed(engine, data: bytes, cuts: list[int]) -> list[tuple[str, int, int]]:
+    """Feed `data` cut at `cuts`, checking that nothing is reported from before the
+    safe_offset in force; returns the sorted (detector, start, end) findings."""
+    stream = engine.open_stream()
+    out, pos = [], 0
+    for cut in sorted(set(cuts)) + [len(data)]:
+        if cut <= pos:
+            continue
+        before = stream.safe_offset
+        for d in stream.feed(data[pos:cut]):
+            assert d.start >= before, (d.detector, d.start, before)
+            out.append((d.detector, d.start, d.end))
+        pos = cut
+    before = stream.safe_offset
+    for d in stream.close():
+        assert d.start >= before, (d.detector, d.start, before)
+        out.append((d.detector, d.start, d.end))
+    assert stream.safe_offset == len(data)
+    return sorted(out)

@@ -23,6 +23,10 @@ from egressguard.scan import re2
 from egressguard.scan.engine import ScanEngine
 from egressguard.scan.gitleaks import load_gitleaks
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from scan_samples import streamed  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data" / "gitleaks"
 RULES = DATA / "rules.toml"
@@ -244,21 +248,6 @@ def default_engine(default_pack) -> ScanEngine:
     return ScanEngine(list(default_pack.specs), KEY)
 
 
-def _stream(engine: ScanEngine, data: bytes, cuts: list[int]) -> list[tuple[str, int, int]]:
-    stream = engine.open_stream()
-    out, pos = [], 0
-    for cut in sorted(set(cuts)) + [len(data)]:
-        if cut <= pos:
-            continue
-        before = stream.safe_offset
-        for d in stream.feed(data[pos:cut]):
-            assert d.start >= before, (d.detector, d.start, before)
-            out.append((d.detector, d.start, d.end))
-        pos = cut
-    out.extend((d.detector, d.start, d.end) for d in stream.close())
-    return sorted(out)
-
-
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 3), cuts=st.lists(st.integers(0, 2000), max_size=30))
@@ -273,7 +262,7 @@ def test_default_pack_streams_like_one_shot(default_engine, seed: int, cuts: lis
     cuts = [c % (len(data) + 1) for c in cuts]
     expected = sorted((d.detector, d.start, d.end) for d in default_engine.scan(data))
     assert expected
-    assert _stream(default_engine, data, cuts) == expected
+    assert streamed(default_engine, data, cuts) == expected
 
 
 def test_no_secret_in_pattern_text_shows_in_errors(pack) -> None:

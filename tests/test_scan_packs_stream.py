@@ -18,30 +18,12 @@ from egressguard.scan.pack import load_pack
 sys.path.insert(0, str(Path(__file__).parent))
 
 from corpus.generate import build  # noqa: E402
+from scan_samples import streamed  # noqa: E402
 
 BUILTIN = ScanEngine(load_pack(), b"packs-stream-key")
 IMPORTED = ScanEngine(list(load_gitleaks(Path(__file__).parent / "data" / "gitleaks"
                                          / "rules.toml").specs), b"packs-stream-key")
 DOCS = build(11, per_detector=3, negative_copies=1)
-
-
-def streamed(engine: ScanEngine, data: bytes, cuts: list[int]) -> list[tuple[str, int, int]]:
-    stream = engine.open_stream()
-    out, pos = [], 0
-    for cut in sorted(set(cuts)) + [len(data)]:
-        if cut <= pos:
-            continue
-        before = stream.safe_offset
-        for d in stream.feed(data[pos:cut]):
-            assert d.start >= before, (d.detector, d.start, before)
-            out.append((d.detector, d.start, d.end))
-        pos = cut
-    before = stream.safe_offset
-    for d in stream.close():
-        assert d.start >= before, (d.detector, d.start, before)
-        out.append((d.detector, d.start, d.end))
-    assert stream.safe_offset == len(data)
-    return sorted(out)
 
 
 def one_shot(engine: ScanEngine, data: bytes) -> list[tuple[str, int, int]]:
