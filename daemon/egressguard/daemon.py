@@ -27,7 +27,7 @@ from egressguard.policy.evaluate import Policy
 from egressguard.proxy import GuardProxy, Origin, ProxyLimits
 from egressguard.scan.engine import ScanEngine
 from egressguard.scan.mask import mask_span
-from egressguard.scan.pack import all_detectors, enabled_detectors
+from egressguard.scan.pack import all_detectors, enabled_detectors, pack_warnings
 from egressguard.scan.redact import redact_args
 
 log = logging.getLogger("egressguard.daemon")
@@ -110,6 +110,8 @@ async def run_daemon(path: str) -> int:
         raise EnvironmentProblem(_path_problem("state directory", "state_dir",
                                                config.state_dir, exc)) from None
     loaded = compile_config(config, key)
+    for skipped in pack_warnings(config.detectors):      # gitleaks rules not imported
+        log.warning("detector rule not imported: %s", skipped)
     mount = cgroup2_mount()
 
     audit = AuditLog(config.audit.path)

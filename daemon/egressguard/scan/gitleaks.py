@@ -75,11 +75,16 @@ def is_gitleaks_file(path: str | Path) -> bool:
 
 def load_gitleaks(path: str | Path, prefix: str | None = None) -> GitleaksPack:
     """Read and translate a gitleaks config file. Raises ConfigError for an unreadable file."""
-    return _load_cached(str(Path(path).resolve()), prefix or DEFAULT_PREFIX)
+    full = Path(path).resolve()
+    try:
+        stamp = full.stat().st_mtime_ns        # a reloaded, edited file is read again
+    except OSError:
+        stamp = 0
+    return _load_cached(str(full), prefix or DEFAULT_PREFIX, stamp)
 
 
 @functools.lru_cache(maxsize=16)
-def _load_cached(path: str, prefix: str) -> GitleaksPack:
+def _load_cached(path: str, prefix: str, _stamp: int) -> GitleaksPack:
     rules, global_allow, lines = _read_config(Path(path), 0)
     notes: list[str] = []
     shared = tuple(a for a in (_allowlist(x, notes, "global allowlist") for x in global_allow) if a)
