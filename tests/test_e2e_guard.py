@@ -186,7 +186,8 @@ def test_keep_alive_second_secret_needs_its_own_approval(guard: GuardedHost,
                                                          workdir: Path) -> None:
     # Red-team finding: approving the first request released every later secret on the
     # same connection. Two requests, one connection, a pause between them.
-    token = "gh" + "p_" + "Q7" * 18
+    # Random-looking: a repeated two-letter body is a placeholder to the scanner (entropy < 3).
+    token = "gh" + "p_" + "Q7mZ3xK9vB2nL8pR" + "4tY6wE1uI5oA0sDfGh4j"
     first = http_post(b'{"prompt": "key ' + AWS_KEY_ID.encode() + b'"}')
     second = http_post(b'{"prompt": "and ' + token.encode() + b'"}')
     with RecordingServer("127.20.0.16") as server:
