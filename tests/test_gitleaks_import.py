@@ -80,6 +80,9 @@ def test_prefix_token_with_boundaries_group_and_terminator(engine) -> None:
     assert found(engine, f"x{token} ") == []                               # \b before
     assert found(engine, f"{token}x ") == []                               # terminator after
     assert found(engine, f"{token}") == [("secret.gitleaks.acme-token", 0, len(token))]  # $
+    # The terminator's two-byte \\n (a JSON-escaped newline) is allowed, \\x is not.
+    assert found(engine, token + "\\n") == [("secret.gitleaks.acme-token", 0, len(token))]
+    assert found(engine, token + "\\x") == []
 
 
 def test_entropy_keywords_and_allowlists_suppress(engine) -> None:

@@ -226,7 +226,7 @@ def _rule_specs(rule: dict[str, Any], prefix: str, shared: tuple[Allowlist, ...]
         raise _Skip(f"regex: {exc}") from None
     specs = []
     group_base = 0
-    for n, (pattern, not_before, not_after, groups) in enumerate(alternatives, 1):
+    for n, (pattern, not_before, not_after, groups, fold) in enumerate(alternatives, 1):
         local_group = _local_group(group, group_base, groups)
         group_base += groups
         item: dict[str, Any] = {
@@ -257,7 +257,7 @@ def _rule_specs(rule: dict[str, Any], prefix: str, shared: tuple[Allowlist, ...]
         except ConfigError as exc:
             raise _Skip("; ".join(_reason(i.message) for i in exc.issues)) from None
         specs.append(replace(spec, id=item["id"], allowlists=tuple(allow),
-                             require_digit=rid.startswith("generic")))
+                             require_digit=rid.startswith("generic"), fold_after=fold))
     if unknown:
         notes.append(f"rule {rid}: ignored fields {', '.join(unknown)}")
     return [_report_as(s, det_id) for s in specs]
@@ -315,30 +315,35 @@ def _allowlist(raw: dict[str, Any], notes: list[str], where: str,
 
 # ------------------------------------------------------------------------------ regex shape
 
-def _translate(go: str) -> tuple[bool, list[tuple[str, str | None, str | None, int]]]:
-    """(caseless, [(pattern, not_before, not_after, group count) per top-level alternative])."""
+def _translate(go: str) -> tuple[bool, list[tuple[str, str | None, str | None, int,
+                                                   str | None]]]:
+    """(caseless, [(pattern, not_before, not_after, group count, fold_after) per top-level
+    alternative])."""
     caseless = False
     if go.startswith("(?i)"):
         caseless, go = True, go[4:]
     text = re2.translate(go)
     out = []
     for alt in _split_top(text, "|"):
-        pattern, not_before, not_after = _boundaries(alt)
+        pattern, not_before, not_after, fold = _boundaries(alt, caseless)
         if not pattern:
             raise re2.Untranslatable("an alternative is only an anchor")
         try:
             groups = re.compile(pattern).groups
         except re.error as exc:
             raise re2.Untranslatable(f"invalid after translation: {exc}") from None
-        out.append((pattern, not_before, not_after, groups))
+        out.append((pattern, not_before, not_after, groups, fold))
     return caseless, out
 
 
-def _boundaries(p: str) -> tuple[str, str | None, str | None]:
+def _boundaries(p: str, caseless: bool = False) -> tuple[str, str | None, str | None,
+                                                          str | None]:
     """Move a leading/trailing word boundary, anchor or terminator group into not_before /
     not_after (see the module docstring). A `\\b` right inside the first or last group, or
-    right before a terminator that already refuses word bytes, is implied and dropped."""
-    not_before = not_after = None
+    right before a terminator that already refuses word bytes, is implied and dropped.
+    The fourth value is the class of bytes that may start a follower (`fold_after`) when
+    not_after is an alternation that Hyperscan cannot fold as it is."""
+    not_before = not_after = fold = None
     atoms = _atoms(p)
     if atoms:
         s, e = atoms[0]
@@ -350,7 +355,7 @@ def _boundaries(p: str) -> tuple[str, str | None, str | None]:
         elif head.startswith("(") and head.endswith(")"):
             alts = _group_alternatives(head)
             if alts and len(alts) > 1 and any(a in ("^", "\\A") for a in alts):
-                allowed = _byte_sets([a for a in alts if a not in ("^", "\\A")])
+                allowed = _byte_sets([a for a in alts if a not in ("^", "\\A")], caseless)
                 if allowed is not None and all(len(x) == 1 for x in allowed):
                     ok = set().union(*(x[0] for x in allowed)) | {10}
                     not_before, p = class_of(_ALL - ok), p[e:]
@@ -375,9 +380,11 @@ def _boundaries(p: str) -> tuple[str, str | None, str | None]:
             if alts and any(a in ("$", "\\Z") for a in alts):
                 rest = [class_of(_ALL - _WORD) if a == "\\b" else a
                         for a in alts if a not in ("$", "\\Z")]
-                refuse = _refusal(rest)
+                refuse = _refusal(rest, caseless)
                 if refuse is not None:
-                    not_after, p = refuse or None, p[:s]
+                    not_after, p = refuse[0] or None, p[:s]
+                    if not_after and "|" in not_after:
+                        fold = class_of(refuse[1])
     atoms = _atoms(p)
     if atoms:
         s, e = atoms[-1]
@@ -390,7 +397,7 @@ def _boundaries(p: str) -> tuple[str, str | None, str | None]:
             if trimmed != alts:
                 p = p[:s] + tail[:open_len] + "|".join(trimmed) + ")" + p[e:]
                 not_after = not_after or class_of(_WORD)
-    return p, not_before, not_after
+    return p, not_before, not_after, fold
 
 
 def _drop_optional_lead(p: str) -> str:
@@ -413,10 +420,11 @@ def class_of(members: frozenset[int] | set[int]) -> str:
     return re2.class_text(set(members))
 
 
-def _refusal(alts: list[str]) -> str | None:
+def _refusal(alts: list[str], caseless: bool = False) -> tuple[str, frozenset[int]] | None:
     """A not_after regex that matches exactly when none of `alts` (1-byte classes and 2-byte
-    sequences) matches the next bytes; "" when every byte is allowed; None if not expressible."""
-    seqs = _byte_sets(alts)
+    sequences) matches the next bytes ("" when every byte is allowed), and the set of bytes
+    an allowed follower can start with; None if not expressible."""
+    seqs = _byte_sets(alts, caseless)
     if seqs is None or any(len(s) > 2 for s in seqs):
         return None
     singles: set[int] = set()
@@ -440,11 +448,13 @@ def _refusal(alts: list[str]) -> str | None:
         seen |= a_only
         if a_only and _ALL - b:
             parts.append(re2.class_text(a_only) + re2.class_text(_ALL - b))
-    return "|".join(parts)
+    return "|".join(parts), frozenset(firsts)
 
 
-def _byte_sets(alts: list[str]) -> list[list[set[int]]] | None:
-    """Each alternative as a sequence of one-byte sets, or None if one is not that simple."""
+def _byte_sets(alts: list[str], caseless: bool = False) -> list[list[set[int]]] | None:
+    """Each alternative as a sequence of one-byte sets, or None if one is not that simple.
+    Under (?i) a set holds both cases: the complements built from it must refuse both, or
+    Python's case-insensitive class matching lets the other case through."""
     out = []
     for alt in alts:
         try:
@@ -455,7 +465,10 @@ def _byte_sets(alts: list[str]) -> list[list[set[int]]] | None:
         for op, av in parsed:
             if op not in (C.LITERAL, C.IN, C.NOT_LITERAL):
                 return None
-            seq.append(_walk([(op, av)]))
+            found = _walk([(op, av)])
+            if caseless:
+                found |= {ord(chr(b).swapcase()) for b in found if chr(b).isalpha() and b < 128}
+            seq.append(found)
         if not seq:
             return None
         out.append(seq)

@@ -98,6 +98,8 @@ class DetectorSpec:
                                                # first group that matched (gitleaks); n: group n
     allowlists: tuple[Allowlist, ...] = ()     # values that are known not to be secrets
     require_digit: bool = False                # gitleaks' generic-* rules: a secret has a digit
+    fold_after: str | None = None              # a class of the bytes that may follow a match
+                                               # (imported terminators): Hyperscan requires one
 
     @property
     def width(self) -> int:
@@ -127,7 +129,11 @@ def folds_not_after(spec: DetectorSpec) -> bool:
     """True when `not_after` is one plain character class, so Hyperscan itself can require a
     byte outside it after the match (see hyperscan_expression). A truncating detector is
     never folded: it must hear about a match that is followed by more token bytes."""
-    if not spec.not_after or spec.truncate:
+    if spec.truncate:
+        return False
+    if spec.fold_after:
+        return True
+    if not spec.not_after:
         return False
     text = spec.not_after
     if not (text.startswith("[") and text.endswith("]") and not text.startswith("[^")):
@@ -158,7 +164,11 @@ def hyperscan_expression(spec: DetectorSpec) -> bytes:
         core = f"(?:{spec.pattern})"
         if spec.not_before:
             core = f"(?:^|[^{spec.not_before[1:-1]}]){core}"
-    if folds_not_after(spec):
+    if spec.fold_after and not spec.truncate:
+        # Only bytes that may follow a match (gitleaks' terminator group, whose not_after is
+        # an alternation): a run of token bytes gives one candidate, not one per byte.
+        core = f"{core}{spec.fold_after}"
+    elif folds_not_after(spec):
         core = f"{core}[^{spec.not_after[1:-1]}]"
     return core.encode("ascii")
 
