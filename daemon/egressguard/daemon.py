@@ -111,7 +111,8 @@ async def run_daemon(path: str) -> int:
                                                config.state_dir, exc)) from None
     loaded = compile_config(config, key)
     for skipped in pack_warnings(config.detectors):      # gitleaks rules not imported
-        log.warning("detector rule not imported: %s", skipped)
+        log.warning("detector rule not imported file=%s line=%s rule=%s reason=%r",
+                    skipped.file, skipped.line, skipped.field, skipped.message)
     mount = cgroup2_mount()
 
     audit = AuditLog(config.audit.path)
