@@ -28,6 +28,8 @@ bench: install
 	$(PY) bench/scanner.py
 	$(PY) bench/detection.py
 	$(PY) bench/proxy.py
+	$(PY) bench/sinks.py
+	$(PY) bench/approvals.py
 
 proto: install
 	$(PY) -m egressguard.approvals.gen_proto

@@ -33,6 +33,7 @@ from egressguard.scan.redact import redact_args
 log = logging.getLogger("egressguard.daemon")
 
 AUDIT_START_TIMEOUT = 10.0     # seconds for the first audit events to reach the disk
+SINK_DRAIN_TIMEOUT = 3.0       # seconds healthy sinks get to ship the last events at stop
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,10 @@ def load_everything(path: str) -> Loaded:
 
 async def run_daemon(path: str) -> int:
     """`egressguard run`: returns the exit code."""
-    from egressguard.approvals.holds import HoldRegistry
     from egressguard.approvals.service import start_approval_server
+    from egressguard.approvals.wiring import build_registry, start_channels
     from egressguard.audit.keys import load_or_create_key
+    from egressguard.audit.sinks.runner import start_sinks
     from egressguard.audit.writer import AuditLog
     from egressguard.kernel.cgroup import cgroup2_mount
     from egressguard.kernel.identity import process_identity
@@ -115,7 +117,7 @@ async def run_daemon(path: str) -> int:
                     skipped.file, skipped.line, skipped.field, skipped.message)
     mount = cgroup2_mount()
 
-    audit = AuditLog(config.audit.path)
+    audit = AuditLog(config.audit.path, rotate_bytes=config.audit.rotate_size or None)
     try:
         await audit.start()
     except OSError as exc:
@@ -123,6 +125,8 @@ async def run_daemon(path: str) -> int:
         # under a regular file) fails with a bare OSError, which must not become a traceback.
         raise EnvironmentProblem(_path_problem("audit log", "audit.path", config.audit.path,
                                                exc)) from None
+    # SIEM sinks read the written log on their own thread: they never slow enforcement.
+    sinks = start_sinks(config)
     bus = EventBus()
     bus.subscribe(lambda event, flow, fields: audit.append(audit_record(event, flow, fields)))
     bus.subscribe(_log_event)
@@ -134,10 +138,9 @@ async def run_daemon(path: str) -> int:
         rest = {k: v for k, v in fields.items() if k not in ("flow_id", "process", "destination")}
         bus.emit(kind, flow, rest) if flow else bus.emit(kind, None, dict(fields))
 
-    # Approver names were resolved to uids when the policy was loaded: decide by uid.
-    registry = HoldRegistry([f"uid:{ref.uid}" for ref in config.approvals.approvers],
-                            config.approvals.timeout,
-                            config.approvals.on_timeout, on_hold_event)
+    # approvals.db under state_dir; reasons are scanned like a command line before they are kept
+    registry = build_registry(config, on_hold_event,
+                              redact=lambda text: redact_args(loaded.engine, [text])[0])
 
     from egressguard.kernel.probes import GuardProbes
     probes = GuardProbes(
@@ -152,8 +155,13 @@ async def run_daemon(path: str) -> int:
         if rec is None:
             return None
         process = process_identity(rec, mount)
-        # The command line is recorded everywhere (audit, egressctl): mask what it carries.
-        process = replace(process, cmdline=redact_args(loaded.engine, process.cmdline))
+        # The command line, the executable's path and the cgroup (a delegated subtree or a
+        # user unit is named by the process) are recorded everywhere (audit, egressctl):
+        # mask what they carry.
+        exe, unit, cgroup_path = redact_args(
+            loaded.engine, [process.exe, process.systemd_unit, process.cgroup_path])
+        process = replace(process, cmdline=redact_args(loaded.engine, process.cmdline), exe=exe,
+                          systemd_unit=unit, cgroup_path=cgroup_path)
         return Origin(Destination(rec.dst_ip, rec.dst_port), process)
 
     proxy = GuardProxy(
@@ -170,12 +178,15 @@ async def run_daemon(path: str) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     server = None
+    channels = None
     attached = False
     poller: asyncio.Task[None] | None = None
     try:
+        registry.start()             # resume stored requests and grants (audited)
+        channels = await start_channels(config, registry, proxy.all_flows, on_hold_event)
         try:
             server = await start_approval_server(config.approvals.socket, registry,
-                                                 proxy.all_flows)
+                                                 proxy.all_flows, mark=config.proxy.mark)
         except OSError as exc:
             raise EnvironmentProblem(
                 f"cannot serve approvals on {config.approvals.socket}: {exc.strerror or exc}")
@@ -215,12 +226,16 @@ async def run_daemon(path: str) -> int:
         await proxy.stop()
         if server is not None:
             await server.stop()
+        if channels is not None:
+            await channels.stop()
         bus.emit("daemon.stop", None, {"pid": os.getpid()})
         try:
             await asyncio.wait_for(audit.close(), AUDIT_START_TIMEOUT * 3)
         except asyncio.TimeoutError:
             log.error("audit log %s: %d event(s) could not be written before exit",
                       config.audit.path, audit.pending)
+        if sinks is not None:
+            sinks.stop(drain_s=SINK_DRAIN_TIMEOUT)
     return 0
 
 

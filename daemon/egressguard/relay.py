@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from .model import Action, Decision, Destination, Detection, FlowInfo, FlowState, Verdict
 from .sniff import MAX_SNIFF_BYTES, NEED_MORE, sniff_host
@@ -133,6 +133,7 @@ class Relay:
     policy: PolicyLike
     stream: ScanStreamLike
     masker: Any                       # scan.mask.mask_span
+    redact: Callable[[bytes], bytes] | None = None   # scan.redact.redact_bytes with the engine
     phase: Phase = Phase.SNIFFING
     pending: bytearray = field(default_factory=bytearray)   # received, not yet forwarded
     forwarded: int = 0                # absolute offset of pending[0]
@@ -226,6 +227,8 @@ class Relay:
         # The hold registry already audited the decision (with who decided and why).
         out: list[Command] = []
         if not decision.approved:
+            # Reset. With TLS interception (intercepted HTTP), answer
+            # approvals.refusal.http_refusal(decision) instead: a 403 naming the approval id.
             self.flow.state = FlowState.EXPIRED if decision.timed_out else FlowState.DENIED
             why = ("hold expired" if decision.timed_out else "hold aborted" if decision.aborted
                    else f"denied by {decision.by_user}")
@@ -260,6 +263,8 @@ class Relay:
         host = sniff_host(prefix[:MAX_SNIFF_BYTES])
         if host is NEED_MORE:
             return NEED_MORE
+        if host:
+            host = self._host_to_record(prefix[:MAX_SNIFF_BYTES], host)
         self._sniffed = host
         self._sniff_buf = bytearray()
         if host:
@@ -267,6 +272,31 @@ class Relay:
                 self.flow.destination.ip, self.flow.destination.port, host,
                 self.flow.destination.transport)
         return host
+
+    def _host_to_record(self, prefix: bytes, host: str) -> str:
+        """The sniffed name with every finding in it masked, as policy and records see it.
+
+        An agent can carry a secret in a host name (`<key>.attacker.example`, in the Host
+        header or the SNI), and the name goes to the audit log and to egressctl. The sniffer
+        lower-cases it while detectors are case-sensitive, so the prefix is redacted as sent
+        (with its context) and each place the name occurs in it, any case, is compared: a
+        byte masked in any occurrence is masked in the name. Host globs still match, since
+        masking keeps the length and the labels without findings."""
+        if self.redact is None:
+            return host
+        masked_prefix = self.redact(prefix)
+        if masked_prefix == prefix:
+            return host
+        needle = host.encode("ascii", "replace")
+        name = bytearray(needle)
+        lowered = prefix.lower()
+        at = lowered.find(needle)
+        while at >= 0:
+            for i in range(len(name)):
+                if masked_prefix[at + i] != prefix[at + i]:
+                    name[i] = ord("*")
+            at = lowered.find(needle, at + 1)
+        return name.decode("ascii")
 
     def _decide_connect(self) -> list[Command]:
         cd = self.policy.decide_connect(self.flow.process, self.flow.destination)

@@ -22,7 +22,7 @@ import fnmatch
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from egressguard.model import Action, Destination, Detection, Process
 
@@ -75,6 +75,7 @@ class RuleSpec:
     line: int = 0           # line of the rule in the config file, for messages
     min_confidence: str | None = None     # findings below this confidence do not match
     severity: tuple[str, ...] = ()        # if given, only findings of these severities match
+    approvals: Any = None   # approvals.quorum.QuorumSpec: this hold rule's approvers/quorum
 
     @property
     def is_content_rule(self) -> bool:
