@@ -37,8 +37,9 @@ def test_total_cap_refuses_new_flows_until_holds_are_decided() -> None:
         refused = Agent(host, d).run(other.host, other.port, b"hello")
         assert refused["error"] in ("ConnectionResetError", "BrokenPipeError")
         assert other.connections == []
-        events = [e for e in audit_events(host) if e["event"] == "proxy.refused"]
-        assert events and "proxy.max_held_total=131072" in events[-1]["reason"]
+        events = wait_for(lambda: [e for e in audit_events(host)          # written async
+                                   if e["event"] == "proxy.refused"])
+        assert "proxy.max_held_total=131072" in events[-1]["reason"]
 
         for h in holds:
             assert host.egressctl("deny", h["id"], "--reason", "cap test").returncode == 0

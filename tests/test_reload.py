@@ -48,6 +48,12 @@ def reloads(host: GuardedHost) -> list[dict[str, Any]]:
     return [e for e in audit_events(host) if e["event"] == "policy.reload"]
 
 
+def next_reload(host: GuardedHost, seen: int) -> dict[str, Any]:
+    """The reload event after the first `seen` ones (the audit log is written asynchronously,
+    so an RPC's event may reach the file a moment after the RPC returned)."""
+    return wait_for(lambda: reloads(host)[seen:])[0]
+
+
 def check_lines(path: Path) -> list[str]:
     res = subprocess.run([sys.executable, "-m", "egressguard", "check", "--config", str(path)],
                          capture_output=True, text=True, timeout=60)
@@ -103,12 +109,13 @@ def test_invalid_policy_is_rejected_with_check_errors_and_old_stays(host: Guarde
     try:
         expected = check_lines(host.config_path)
         assert len(expected) >= 2
+        seen = len(reloads(host))
         res = host.egressctl("reload")
         assert res.returncode == 1
         got = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
         assert got == [ln for ln in expected if not ln.endswith("problems")]
         assert "the running policy" in res.stderr and good_hash[:12] in res.stderr
-        event = reloads(host)[-1]
+        event = next_reload(host, seen)
         assert event["outcome"] == "rejected" and event["trigger"] == "egressctl"
         assert event["previous_hash"] == good_hash and event["who"]["uid"] == 0
         assert [f"error: {e}" for e in event["errors"]] == got
@@ -135,9 +142,10 @@ def test_restart_only_change_and_non_approver_are_refused(host: GuardedHost) -> 
         host.config_path.write_text(good)
     nobody = host.egressctl("reload", uid=65534)
     assert nobody.returncode == 1 and "may not reload" in nobody.stderr
+    seen = len(reloads(host))
     res = host.egressctl("reload")
     assert res.returncode == 0 and "unchanged" in res.stdout
-    assert reloads(host)[-1]["outcome"] == "unchanged"
+    assert next_reload(host, seen)["outcome"] == "unchanged"
 
 
 def test_reload_swaps_the_detectors_too(host: GuardedHost) -> None:
@@ -165,6 +173,6 @@ def test_reload_swaps_the_detectors_too(host: GuardedHost) -> None:
         finally:
             host.config_path.write_text(good)
             assert host.egressctl("reload").returncode == 0
-    blocks = [e for e in audit_events(host) if e["event"] == "flow.block"
-              and e.get("rule") == "no-reload-tokens"]
-    assert blocks and token not in json.dumps(blocks)
+    blocks = wait_for(lambda: [e for e in audit_events(host) if e["event"] == "flow.block"
+                               and e.get("rule") == "no-reload-tokens"])
+    assert token not in json.dumps(blocks)
