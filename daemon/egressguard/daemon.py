@@ -111,6 +111,9 @@ async def run_daemon(path: str) -> int:
     loaded = compile_config(config, key)
     mount = cgroup2_mount()
 
+    from egressguard.inspection import build_inspection
+    inspection = build_inspection(config)      # host CA, endpoint catalog, ledger
+
     audit = AuditLog(config.audit.path)
     try:
         await audit.start()
@@ -122,6 +125,7 @@ async def run_daemon(path: str) -> int:
     bus = EventBus()
     bus.subscribe(lambda event, flow, fields: audit.append(audit_record(event, flow, fields)))
     bus.subscribe(_log_event)
+    bus.subscribe(inspection.listener())
 
     proxy: GuardProxy | None = None
 
@@ -158,7 +162,8 @@ async def run_daemon(path: str) -> int:
         policy_provider=lambda: loaded.policy, masker=mask_span, holds=registry, bus=bus,
         mark=config.proxy.mark,
         limits=ProxyLimits(max_held_bytes=config.proxy.max_held_bytes,
-                           sniff_timeout=config.proxy.sniff_timeout))
+                           sniff_timeout=config.proxy.sniff_timeout),
+        **inspection.proxy_kwargs())
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -171,7 +176,7 @@ async def run_daemon(path: str) -> int:
     try:
         try:
             server = await start_approval_server(config.approvals.socket, registry,
-                                                 proxy.all_flows)
+                                                 proxy.all_flows, inspection.ledger.path)
         except OSError as exc:
             raise EnvironmentProblem(
                 f"cannot serve approvals on {config.approvals.socket}: {exc.strerror or exc}")
@@ -212,6 +217,7 @@ async def run_daemon(path: str) -> int:
         if server is not None:
             await server.stop()
         bus.emit("daemon.stop", None, {"pid": os.getpid()})
+        inspection.close()
         try:
             await asyncio.wait_for(audit.close(), AUDIT_START_TIMEOUT * 3)
         except asyncio.TimeoutError:

@@ -68,19 +68,24 @@ class Process:
 class Destination:
     """Where the process wanted to go (the original destination before the redirect).
 
-    `host` is the name seen in the first bytes (TLS SNI or HTTP Host), empty when unknown."""
+    `host` is the name seen in the first bytes (TLS SNI or HTTP Host), empty when unknown;
+    `provider` the AI provider the endpoint catalog names for it (catalog/endpoints.yaml)."""
 
     ip: str
     port: int
     host: str = ""
     transport: str = "tcp"
+    provider: str = ""
 
     @property
     def address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         return ipaddress.ip_address(self.ip)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ip": self.ip, "port": self.port, "host": self.host, "transport": self.transport}
+        d = {"ip": self.ip, "port": self.port, "host": self.host, "transport": self.transport}
+        if self.provider:
+            d["provider"] = self.provider
+        return d
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,8 @@ class FlowInfo:
     detections: list[Detection] = field(default_factory=list)
     bytes_up: int = 0
     bytes_down: int = 0
+    bytes_delivered: int = 0              # bytes the destination was sent (after masks)
+    intercepted: bool = False             # TLS opened: bytes are the decrypted HTTP stream
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -181,4 +188,6 @@ class FlowInfo:
             "detections": [d.to_dict() for d in self.detections],
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
+            "bytes_delivered": self.bytes_delivered,
+            "intercepted": self.intercepted,
         }

@@ -65,7 +65,8 @@ def process_pb(p: Process) -> pb.Process:
 
 
 def destination_pb(d: Destination) -> pb.Destination:
-    return pb.Destination(ip=d.ip, port=d.port, host=d.host, transport=d.transport)
+    return pb.Destination(ip=d.ip, port=d.port, host=d.host, transport=d.transport,
+                          provider=d.provider)
 
 
 def detection_pb(d: Detection) -> pb.Detection:
@@ -124,10 +125,11 @@ class ApprovalsServicer(pb_grpc.ApprovalsServicer):
     """egressguard.v1.Approvals over a HoldRegistry and a flows provider."""
 
     def __init__(self, registry: HoldRegistry, flows_provider: Callable[[], list[FlowInfo]],
-                 table: PeerTable) -> None:
+                 table: PeerTable, ledger_path: str | None = None) -> None:
         self.registry = registry
         self.flows_provider = flows_provider
         self.table = table
+        self.ledger_path = ledger_path
 
     async def ListPending(self, request: pb.ListPendingRequest,
                           context: grpc.aio.ServicerContext) -> pb.ListPendingResponse:
@@ -206,6 +208,20 @@ class ApprovalsServicer(pb_grpc.ApprovalsServicer):
         return pb.ListFlowsResponse(flows=[
             flow_pb(f) for f in self.flows_provider() if self.registry.may_view(who, f.process.uid)])
 
+    async def Usage(self, request: pb.UsageRequest,
+                    context: grpc.aio.ServicerContext) -> pb.UsageResponse:
+        from egressguard.ledger import rpc
+        who = await _identity(self.table, context)
+        return await rpc.usage(self.ledger_path, self.registry.is_approver(who), who.uid,
+                               request, context)
+
+    async def ListLedgerFlows(self, request: pb.LedgerFlowsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.LedgerFlowsResponse:
+        from egressguard.ledger import rpc
+        who = await _identity(self.table, context)
+        return await rpc.ledger_flows(self.ledger_path, self.registry.is_approver(who),
+                                      who.uid, request, context)
+
 
 class _HealthServicer(health.aio.HealthServicer):
     """Standard health checking, behind the same identity gate as everything else."""
@@ -248,12 +264,14 @@ class ApprovalServer:
 
 
 async def start_approval_server(socket_path: str, registry: HoldRegistry,
-                                flows_provider: Callable[[], list[FlowInfo]]) -> ApprovalServer:
+                                flows_provider: Callable[[], list[FlowInfo]],
+                                ledger_path: str | None = None) -> ApprovalServer:
     """Serve egressguard.v1.Approvals on `socket_path`; raises EnvironmentProblem when the
     socket cannot be created or another daemon already listens there."""
     table = PeerTable()
     server = grpc.aio.server()
-    pb_grpc.add_ApprovalsServicer_to_server(ApprovalsServicer(registry, flows_provider, table), server)
+    pb_grpc.add_ApprovalsServicer_to_server(
+        ApprovalsServicer(registry, flows_provider, table, ledger_path), server)
     health_servicer = _HealthServicer(table)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

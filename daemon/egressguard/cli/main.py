@@ -2,6 +2,7 @@
 
     egressguard run --config FILE     foreground daemon; prints `egressguard ready` when enforcing
     egressguard check --config FILE   validate; exit 0, or 2 with every problem listed
+    egressguard ca export --config FILE   print the host CA certificate (PEM) agents trust
 
 Every operator-facing failure (bad policy, missing privilege, kernel feature, headers, a port in
 use) is one clear line on stderr and exit 2: never a traceback.
@@ -31,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     check = sub.add_parser("check", help="validate a policy file and its detectors")
     check.add_argument("--config", required=True, help="policy file (YAML)")
+    ca = sub.add_parser("ca", help="the host CA used for TLS interception")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
+    export = ca_sub.add_parser("export", help="print the CA certificate (PEM); creates the CA "
+                                              "under state_dir on first use")
+    export.add_argument("--config", required=True, help="policy file (YAML)")
     return p
 
 
@@ -42,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning, message="Possible nested set")
     if args.command == "check":
         return _check(args.config)
+    if args.command == "ca":
+        return _ca_export(args.config)
     return _run(args.config, args.log_level)
 
 
@@ -66,23 +74,44 @@ def _check(path: str) -> int:
     return EXIT_OK
 
 
+def _ca_export(path: str) -> int:
+    from egressguard.daemon import parse_config
+    from egressguard.tls.ca import HostCA
+    try:
+        config = parse_config(path)
+        ca = HostCA(config.state_dir)
+    except EgressGuardError as exc:
+        return _print_error(exc)
+    except OSError as exc:
+        print(f"error: cannot create or read the host CA in the state directory (state_dir): "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(ca.cert_pem.decode())
+    return EXIT_OK
+
+
 def _run(path: str, level: str) -> int:
     from egressguard.daemon import run_daemon
     from egressguard.logfmt import setup_logging
     setup_logging(level)
     try:
         return asyncio.run(run_daemon(path))
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(f"error: {issue}", file=sys.stderr)
-        return EXIT_USAGE
     except EgressGuardError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _print_error(exc)
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception as exc:  # noqa: BLE001
         return _unexpected(exc)
+
+
+def _print_error(exc: EgressGuardError) -> int:
+    """A configuration problem (every issue, one line each) or an environment problem."""
+    if isinstance(exc, ConfigError):
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+    else:
+        print(f"error: {exc}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _unexpected(exc: Exception) -> int:

@@ -59,6 +59,15 @@ class DestinationCond:
     cidr: tuple[Network, ...] = ()
     port: tuple[tuple[int, int], ...] = ()      # inclusive ranges
     host: tuple[str, ...] = ()
+    provider: tuple[str, ...] = ()              # endpoint catalog provider id globs
+
+
+@dataclass(frozen=True)
+class RequestCond:
+    """Conditions on one intercepted HTTP request (endpoint catalog labels)."""
+
+    kind: tuple[str, ...] = ()                  # chat, embeddings, files, fine_tuning, ...
+    cls: tuple[str, ...] = ()                   # inference, dataset_export, other
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,7 @@ class RuleSpec:
     detected: tuple[str, ...] | None = None
     reason: str = ""
     line: int = 0           # line of the rule in the config file, for messages
+    request: RequestCond | None = None   # a request rule: decided per intercepted request
 
     @property
     def is_content_rule(self) -> bool:
@@ -190,7 +200,7 @@ class CompiledRule:
     """A RuleSpec compiled for matching. Immutable after construction."""
 
     __slots__ = ("spec", "_exe", "_comm", "_uids", "_unit", "_cgroup",
-                 "_cidr", "_port", "_host")
+                 "_cidr", "_port", "_host", "_provider", "_kind", "_cls")
 
     def __init__(self, spec: RuleSpec):
         self.spec = spec
@@ -204,6 +214,10 @@ class CompiledRule:
         self._cidr = d.cidr
         self._port = d.port
         self._host = _compile_globs(d.host, ignore_case=True)
+        self._provider = _compile_globs(d.provider)
+        r = spec.request or RequestCond()
+        self._kind = _compile_globs(r.kind)
+        self._cls = _compile_globs(r.cls)
 
     @property
     def name(self) -> str:
@@ -219,7 +233,17 @@ class CompiledRule:
 
     @property
     def uses_host(self) -> bool:
-        return self._host is not None
+        """The rule needs the name (SNI/Host): the provider is known from the name too."""
+        return self._host is not None or self._provider is not None
+
+    @property
+    def is_request_rule(self) -> bool:
+        return self.spec.request is not None and self.spec.detected is None
+
+    def matches_request(self, info: "object") -> bool:
+        """`info` is a catalog.RequestInfo (kind, cls)."""
+        return (_glob_match(self._kind, getattr(info, "kind", ""))
+                and _glob_match(self._cls, getattr(info, "cls", "")))
 
     def matches_flow(self, process: Process, dest: Destination) -> bool:
         """Every given process/destination condition holds (`detected` is not looked at)."""
@@ -240,6 +264,8 @@ class CompiledRule:
             if addr is None or not any(addr.version == n.version and addr in n
                                        for n in self._cidr):
                 return False
+        if self._provider is not None and not _glob_match(self._provider, d.provider):
+            return False
         if self._host is not None:
             return _glob_match(self._host, d.host.rstrip("."))
         return True
