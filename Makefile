@@ -27,6 +27,7 @@ test-kernel: install
 bench: install
 	$(PY) bench/scanner.py
 	$(PY) bench/proxy.py
+	$(PY) bench/tls.py
 
 proto: install
 	$(PY) -m egressguard.approvals.gen_proto

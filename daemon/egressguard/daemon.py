@@ -123,7 +123,8 @@ async def run_daemon(path: str) -> int:
         raise EnvironmentProblem(_path_problem("audit log", "audit.path", config.audit.path,
                                                exc)) from None
     bus = EventBus()
-    bus.subscribe(lambda event, flow, fields: audit.append(audit_record(event, flow, fields)))
+    bus.subscribe(lambda event, flow, fields: audit.append(audit_record(event, flow, fields))
+                  if _audited(event, fields) else None)
     bus.subscribe(_log_event)
     bus.subscribe(inspection.listener())
 
@@ -273,8 +274,15 @@ def _udp_fields(ev: Any) -> dict[str, Any]:
                     for k, v in fields.items()}}
 
 
+def _audited(event: str, fields: dict[str, Any]) -> bool:
+    """Labels of an intercepted request without findings go to the ledger only: one audit
+    event (and fsync) per clean API call would make the log mostly noise."""
+    return event != "http.request" or bool(fields.get("fields"))
+
+
 def _log_event(event: str, flow: Any, fields: dict[str, Any]) -> None:
-    if event in ("flow.open", "flow.close") and not log.isEnabledFor(logging.DEBUG):
+    if event in ("flow.open", "flow.close", "http.request", "tls.intercept") \
+            and not log.isEnabledFor(logging.DEBUG):
         return
     fid = flow.flow_id if flow is not None else "-"
     dest = f"{flow.destination.ip}:{flow.destination.port}" if flow is not None else "-"

@@ -385,6 +385,8 @@ class FlowHandler:
                         sock=sock, limit=READ_SIZE, ssl=self.proxy.upstream_tls,
                         server_hostname=self.tls_host,
                         ssl_handshake_timeout=self.limits.connect_timeout)
+                    # asyncio's TLS transport pauses writers at 64 KiB: far below one read.
+                    self.u_writer.transport.set_write_buffer_limits(high=4 * READ_SIZE)
                 except ssl.SSLError as exc:
                     sock.close()
                     why = getattr(exc, "verify_message", "") or str(exc.reason or exc)
