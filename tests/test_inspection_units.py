@@ -28,6 +28,7 @@ from egressguard.relay import Emit, Hold, InterceptTls, Relay, Reset, SendClient
 from egressguard.scan.engine import ScanEngine
 from egressguard.scan.mask import mask_span
 from egressguard.scan.pack import load_pack
+from egressguard.sniff import client_alpn
 from egressguard.tls.ca import HostCA
 from egressguard.tls.select import InterceptSelector
 
@@ -230,12 +231,41 @@ def test_relay_malformed_http_is_blocked_and_upstream_tls_failure_answers_502() 
 
 
 def test_relay_leaves_other_hosts_alone_but_labels_them() -> None:
-    r = intercepting_relay("rules: []")
+    r = intercepting_relay("rules:\n  - {name: no-h2, destination: {alpn: [h2]}, action: block}")
     r.flow.destination = Destination("127.10.0.3", 443)
     r.start()
     out = r.client_data(real_client_hello("api.mistral.ai"))
     assert not any(isinstance(c, InterceptTls) for c in out)
     assert r.flow.destination.provider == "mistral" and not r.flow.intercepted
+    assert not any(isinstance(c, Reset) for c in out)    # offered no h2: not blocked
+    r = intercepting_relay("rules:\n  - {name: no-h2, destination: {alpn: [h2]}, action: block}")
+    r.start()
+    out = r.client_data(_hello_with_alpn(["h2", "http/1.1"]))
+    assert r.flow.destination.alpn == ("h2", "http/1.1")
+    assert isinstance(out[-1], Reset) and r.flow.verdict.rule == "no-h2"
+    assert client_alpn(_hello_with_alpn(["h2", "http/1.1"])) == ("h2", "http/1.1")
+    assert client_alpn(b"GET / HTTP/1.1\r\n\r\n") == ()
+
+
+def _hello_with_alpn(protocols: list[str]) -> bytes:
+    import socket
+    import threading
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.set_alpn_protocols(protocols)
+    a, b = socket.socketpair()
+    got: list[bytes] = []
+    t = threading.Thread(target=lambda: (b.settimeout(5), got.append(b.recv(65536))))
+    t.start()
+    with ctx.wrap_socket(a, server_hostname="x.test", do_handshake_on_connect=False) as tls:
+        tls.settimeout(0.5)
+        try:
+            tls.do_handshake()
+        except (OSError, ssl.SSLError):
+            pass
+    t.join(5)
+    b.close()
+    return got[0]
 
 
 # ----------------------------------------------------------------------------- ledger

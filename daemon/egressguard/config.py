@@ -245,7 +245,7 @@ DETECTOR_KEYS = ("packs", "custom", "disable")
 CUSTOM_KEYS = ("id", "class", "pattern", "validator", "severity", "max_width")
 RULE_KEYS = ("name", "process", "destination", "detected", "action", "reason", "request")
 PROCESS_KEYS = ("exe", "comm", "user", "unit", "cgroup")
-DEST_KEYS = ("cidr", "port", "host", "provider")
+DEST_KEYS = ("cidr", "port", "host", "provider", "alpn")
 
 
 def _scope(c: "_Checker", node: YNode | None, root: YNode) -> ScopeConfig:
@@ -561,7 +561,9 @@ def _dest_cond(c: "_Checker", node: YNode, f: str) -> DestinationCond | None:
             hosts.append(g.lower().rstrip("."))
     from egressguard.catalog.conditions import parse_providers
     providers = parse_providers(c, m.get("provider"), f"{f}.provider")
-    return DestinationCond(tuple(cidrs), tuple(ports), tuple(hosts), providers)
+    alpn = tuple(g for g in (c.glob(n, ff) for n, ff in c.items(m.get("alpn"), f"{f}.alpn",
+                                                               absent_ok=True)) if g)
+    return DestinationCond(tuple(cidrs), tuple(ports), tuple(hosts), providers, alpn)
 
 
 def _cross_checks(c: "_Checker", top: dict[str, YNode],

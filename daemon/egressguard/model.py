@@ -76,6 +76,7 @@ class Destination:
     host: str = ""
     transport: str = "tcp"
     provider: str = ""
+    alpn: tuple[str, ...] = ()          # protocols the TLS ClientHello offered
 
     @property
     def address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -85,6 +86,8 @@ class Destination:
         d = {"ip": self.ip, "port": self.port, "host": self.host, "transport": self.transport}
         if self.provider:
             d["provider"] = self.provider
+        if self.alpn:
+            d["alpn"] = list(self.alpn)
         return d
 
 

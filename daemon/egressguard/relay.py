@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from .httpcodec import HeadDone, HttpError, HttpRequestCodec, RequestDone, RequestHead
 from .jsonpaths import field_at, string_spans
 from .model import Action, Decision, Destination, Detection, FlowInfo, FlowState, Verdict
-from .sniff import MAX_SNIFF_BYTES, NEED_MORE, sniff_host
+from .sniff import MAX_SNIFF_BYTES, NEED_MORE, client_alpn, sniff_host
 
 
 # ---------------------------------------------------------------------------- commands
@@ -345,9 +345,9 @@ class Relay:
         self._sniffed = host
         self._sniff_buf = bytearray()
         if host:
-            self.flow.destination = Destination(
-                self.flow.destination.ip, self.flow.destination.port, host,
-                self.flow.destination.transport, self.flow.destination.provider)
+            d = self.flow.destination
+            self.flow.destination = Destination(d.ip, d.port, host, d.transport, d.provider,
+                                                client_alpn(prefix))
             self._label_provider()
         return host
 
@@ -358,7 +358,7 @@ class Relay:
         self._provider = self.catalog.provider_for(d.host, d.ip, d.port)
         if self._provider is not None and d.provider != self._provider.id:
             self.flow.destination = Destination(d.ip, d.port, d.host, d.transport,
-                                                self._provider.id)
+                                                self._provider.id, d.alpn)
 
     @property
     def _may_intercept(self) -> bool:

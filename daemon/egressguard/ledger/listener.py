@@ -74,6 +74,7 @@ class LedgerListener:
             "pid": p.pid, "uid": p.uid, "user": p.user, "exe": p.exe, "comm": p.comm,
             "unit": p.systemd_unit, "container": p.container_id,
             "dst_ip": d.ip, "dst_port": d.port, "host": d.host, "provider": d.provider,
+            "alpn": ",".join(d.alpn),
             "bytes_up": flow.bytes_delivered, "bytes_down": flow.bytes_down,
             "bytes_from_client": flow.bytes_up,
             "action": v.action.value if v else "", "rule": v.rule if v else "",

@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS flows (
   flow_id TEXT PRIMARY KEY,
   opened_at REAL NOT NULL, closed_at REAL NOT NULL,
   pid INTEGER, uid INTEGER, user TEXT, exe TEXT, comm TEXT, unit TEXT, container TEXT,
-  dst_ip TEXT, dst_port INTEGER, host TEXT, provider TEXT,
+  dst_ip TEXT, dst_port INTEGER, host TEXT, provider TEXT, alpn TEXT,
   bytes_up INTEGER NOT NULL, bytes_down INTEGER NOT NULL, bytes_from_client INTEGER NOT NULL,
   action TEXT, rule TEXT, state TEXT, intercepted INTEGER NOT NULL,
   requests INTEGER NOT NULL, models TEXT, endpoint_kinds TEXT, approval_id TEXT
@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS flow_detections (
 );
 """
 FLOW_COLUMNS = ("flow_id", "opened_at", "closed_at", "pid", "uid", "user", "exe", "comm", "unit",
-                "container", "dst_ip", "dst_port", "host", "provider", "bytes_up", "bytes_down",
+                "container", "dst_ip", "dst_port", "host", "provider", "alpn", "bytes_up", "bytes_down",
                 "bytes_from_client", "action", "rule", "state", "intercepted", "requests",
                 "models", "endpoint_kinds", "approval_id")
 

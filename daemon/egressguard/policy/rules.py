@@ -60,6 +60,7 @@ class DestinationCond:
     port: tuple[tuple[int, int], ...] = ()      # inclusive ranges
     host: tuple[str, ...] = ()
     provider: tuple[str, ...] = ()              # endpoint catalog provider id globs
+    alpn: tuple[str, ...] = ()                  # globs on the protocols the ClientHello offered
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ class CompiledRule:
     """A RuleSpec compiled for matching. Immutable after construction."""
 
     __slots__ = ("spec", "_exe", "_comm", "_uids", "_unit", "_cgroup",
-                 "_cidr", "_port", "_host", "_provider", "_kind", "_cls")
+                 "_cidr", "_port", "_host", "_provider", "_kind", "_cls", "_alpn")
 
     def __init__(self, spec: RuleSpec):
         self.spec = spec
@@ -215,6 +216,7 @@ class CompiledRule:
         self._port = d.port
         self._host = _compile_globs(d.host, ignore_case=True)
         self._provider = _compile_globs(d.provider)
+        self._alpn = _compile_globs(d.alpn)
         r = spec.request or RequestCond()
         self._kind = _compile_globs(r.kind)
         self._cls = _compile_globs(r.cls)
@@ -234,7 +236,7 @@ class CompiledRule:
     @property
     def uses_host(self) -> bool:
         """The rule needs the name (SNI/Host): the provider is known from the name too."""
-        return self._host is not None or self._provider is not None
+        return self._host is not None or self._provider is not None or self._alpn is not None
 
     @property
     def is_request_rule(self) -> bool:
@@ -265,6 +267,8 @@ class CompiledRule:
                                        for n in self._cidr):
                 return False
         if self._provider is not None and not _glob_match(self._provider, d.provider):
+            return False
+        if self._alpn is not None and not any(_glob_match(self._alpn, p) for p in d.alpn):
             return False
         if self._host is not None:
             return _glob_match(self._host, d.host.rstrip("."))
