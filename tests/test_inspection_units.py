@@ -59,6 +59,9 @@ def test_json_field_paths() -> None:
     assert field_at(spans, 0, 1) is None
     assert string_spans(body[:i])[-1][2] == "messages[1].role"     # truncated: what is there
     assert string_spans(b"[" * 10_000) == []                        # deep nesting is bounded
+    k = body.find(b"odd key")
+    hidden = string_spans(body, lambda s, e: s <= k < e)          # a finding in a key
+    assert hidden[-1][2] == '"<masked>"[0]' and "odd" not in json.dumps(hidden)
 
 
 # ----------------------------------------------------------------------------- catalog
@@ -314,3 +317,38 @@ def test_ledger_rows_aggregates_visibility_and_retention(tmp_path: Path) -> None
         assert c.execute("SELECT COUNT(*) FROM flows WHERE flow_id='f-old'").fetchone()[0] == 0
         assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.close()
+
+
+# ----------------------------------------------------------------------------- split safety
+AWS_KEY = "AKIA" + "J7QX2MZV" + "5LKN3HPW"
+
+
+def test_secret_split_across_chunks_is_held_for_every_split_of_the_stream() -> None:
+    """Chunked framing inside the key, and the raw stream cut at every offset: the relay holds
+    before the key's first byte leaves, and what left is exactly a prefix of the original."""
+    body = json.dumps({"model": "m", "messages": [{"content": f"use {AWS_KEY} now"}]}).encode()
+    cut = body.find(AWS_KEY.encode()) + 7
+    raw = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Type: "
+           b"application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+           + b"%x\r\n%s\r\n" % (cut, body[:cut]) + b"%x\r\n%s\r\n0\r\n\r\n" % (
+               len(body) - cut, body[cut:]))
+    key_at = raw.find(AWS_KEY[:7].encode())
+    hello = real_client_hello("api.openai.com")
+    for split in range(1, len(raw)):
+        r = intercepting_relay("rules:\n  - {name: h, detected: [secret], action: hold}")
+        r.start()
+        r.client_data(hello)
+        out = r.upstream_connected()
+        out += r.client_data(raw[:split]) + r.client_idle(final=False)
+        out += r.client_data(raw[split:]) + r.client_idle(final=True)
+        sent = b"".join(c.data for c in out if isinstance(c, SendUpstream))
+        assert any(isinstance(c, Hold) for c in out), split
+        assert raw.startswith(sent) and len(sent) <= key_at, split
+
+
+def test_since_periods() -> None:
+    from egressguard.cli.usage import parse_since
+    assert parse_since("24h") == 86400 and parse_since("30m") == 1800
+    assert parse_since("7d") == 7 * 86400 and parse_since("2") == 7200
+    with pytest.raises(Exception, match="not a period"):
+        parse_since("yesterday")

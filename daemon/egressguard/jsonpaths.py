@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from bisect import bisect_right
+from typing import Callable
 
 _WS = re.compile(rb"[ \t\r\n]*")
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -18,17 +19,21 @@ _SCALAR = re.compile(rb"-?[0-9][0-9.eE+-]*|true|false|null")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_DEPTH = 64
 MAX_SPANS = 100_000
+MAX_KEY = 64                 # longer keys are cut in paths
+Hidden = Callable[[int, int], bool]
 
 
 class _Stop(Exception):
     pass
 
 
-def string_spans(body: bytes) -> list[tuple[int, int, str]]:
-    """[(start, end, path)] for every string value, in document order."""
+def string_spans(body: bytes, hidden: Hidden | None = None) -> list[tuple[int, int, str]]:
+    """[(start, end, path)] for every string value, in document order. A key for which
+    `hidden(start, end)` is true (a finding lies in it: keys can carry data too) appears as
+    `<masked>`, so a path never repeats a secret."""
     out: list[tuple[int, int, str]] = []
     try:
-        _value(body, _skip(body, 0), "", 0, out)
+        _value(body, _skip(body, 0), "", 0, out, hidden or (lambda s, e: False))
     except _Stop:
         pass
     return out
@@ -50,12 +55,14 @@ def _skip(b: bytes, pos: int) -> int:
 
 
 def _key(path: str, key: str) -> str:
+    if len(key) > MAX_KEY:
+        key = key[:MAX_KEY] + "..."
     seg = key if _IDENT.match(key) else json.dumps(key)
     return f"{path}.{seg}" if path else seg
 
 
 def _value(b: bytes, pos: int, path: str, depth: int,
-           out: list[tuple[int, int, str]]) -> int:
+           out: list[tuple[int, int, str]], hidden: Hidden) -> int:
     if depth > MAX_DEPTH or len(out) > MAX_SPANS or pos >= len(b):
         raise _Stop
     c = b[pos:pos + 1]
@@ -74,13 +81,13 @@ def _value(b: bytes, pos: int, path: str, depth: int,
             if not m:
                 raise _Stop
             try:
-                key = json.loads(m.group())
+                key = "<masked>" if hidden(pos + 1, m.end() - 1) else json.loads(m.group())
             except ValueError:
                 raise _Stop from None
             pos = _skip(b, m.end())
             if b[pos:pos + 1] != b":":
                 raise _Stop
-            pos = _value(b, _skip(b, pos + 1), _key(path, key), depth + 1, out)
+            pos = _value(b, _skip(b, pos + 1), _key(path, key), depth + 1, out, hidden)
             pos = _skip(b, pos)
             c = b[pos:pos + 1]
             if c == b"}":
@@ -94,7 +101,7 @@ def _value(b: bytes, pos: int, path: str, depth: int,
             return pos + 1
         i = 0
         while True:
-            pos = _skip(b, _value(b, pos, f"{path}[{i}]", depth + 1, out))
+            pos = _skip(b, _value(b, pos, f"{path}[{i}]", depth + 1, out, hidden))
             c = b[pos:pos + 1]
             if c == b"]":
                 return pos + 1

@@ -517,14 +517,19 @@ class Relay:
     def _spans(self, req: RequestHead) -> list[tuple[int, int, str]]:
         if req.content_type and "json" not in req.content_type:
             return []
-        return string_spans(req.body)
+        base = req.body_start
+        found = [(d.start - base, d.end - base) for d in self.flow.detections
+                 if d.end > base and d.start < base + len(req.body)]
+        return string_spans(req.body, lambda s, e: any(a < e and s < b for a, b in found))
 
     def _masked_path(self, req: RequestHead) -> str:
         """The path (never the query), with every finding in it masked."""
         path = req.path
         if not self.flow.detections:
             return path
-        line_start = req.view_start + len(req.method) + 1
+        # Offset of the path in the view: after "METHOD ", and after scheme://host for an
+        # absolute-form target.
+        line_start = req.view_start + len(req.method) + 1 + max(0, req.target.find(path))
         buf = bytearray(path.encode("latin-1", "replace"))
         for d in self.flow.detections:
             if d.start < line_start + len(buf) and d.end > line_start:
