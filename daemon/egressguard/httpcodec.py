@@ -70,6 +70,9 @@ class RequestHead:
     raw_body_len: int = 0
     body: bytes = b""                    # decoded, up to the capture cap
     body_truncated: bool = False
+    done: bool = False                   # body and trailers complete
+    detections: list[Any] = field(default_factory=list)   # the relay's findings in it
+    spans: list[tuple[int, int, str]] | None = None       # JSON string spans, once done
 
     def header(self, name: str) -> str:
         name = name.lower()
@@ -471,6 +474,7 @@ class HttpRequestCodec:
         if self._held is not None:
             self._held.complete = True
             self._held = None
+        req.done = True
         self._events.append(RequestDone(req))
         self._req = None
         upgrade = req.method == "CONNECT" or bool(req.header("upgrade"))

@@ -28,7 +28,9 @@ request rules (`request.kind` / `request.class`) decide per request before any o
 
 from __future__ import annotations
 
+import bisect
 import enum
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -75,6 +77,9 @@ class Emit:
 
     event: str
     fields: dict[str, Any]
+
+
+MAX_FIELDS = 16          # JSON field paths listed per detector and request
 
 
 @dataclass(frozen=True)
@@ -498,13 +503,13 @@ class Relay:
         info = self._describe(req) if self.catalog is not None else None
         spans = self._spans(req)
         fields: dict[str, list[str]] = {}
-        for d in self.flow.detections:
-            if req.view_start <= d.start < req.body_end:
+        for d in req.detections:
+            if d.start < req.body_end:
                 path = _field(spans, req, d) or ("(head)" if d.start < req.body_start
                                                  else "(body)")
-                fields.setdefault(d.detector, [])
-                if path not in fields[d.detector]:
-                    fields[d.detector].append(path)
+                paths = fields.setdefault(d.detector, [])
+                if path not in paths and len(paths) < MAX_FIELDS:
+                    paths.append(path)
         rec: dict[str, Any] = {
             "method": req.method, "path": self._masked_path(req),
             "content_type": req.content_type, "content_encoding": ",".join(req.encodings),
@@ -512,35 +517,52 @@ class Relay:
             "fields": fields}
         if info is not None:
             rec.update(info.to_dict())
+        req.body = b""            # labelled: the captured body is not kept (memory)
         return [Emit("http.request", rec)]
 
     def _spans(self, req: RequestHead) -> list[tuple[int, int, str]]:
-        if req.content_type and "json" not in req.content_type:
+        """The finished request's JSON string spans, walked once (keys holding a finding are
+        masked in paths). Empty while the request is incomplete or not JSON."""
+        if not req.done or (req.content_type and "json" not in req.content_type):
             return []
-        base = req.body_start
-        found = [(d.start - base, d.end - base) for d in self.flow.detections
-                 if d.end > base and d.start < base + len(req.body)]
-        return string_spans(req.body, lambda s, e: any(a < e and s < b for a, b in found))
+        if req.spans is None:
+            base = req.body_start
+            found = sorted((d.start - base, d.end - base) for d in req.detections
+                           if d.end > base)
+            starts = [a for a, _ in found]
+            reach = list(itertools.accumulate((b for _, b in found), max))
+
+            def hidden(s: int, e: int) -> bool:
+                i = bisect.bisect_left(starts, e)
+                return i > 0 and reach[i - 1] > s
+
+            req.spans = string_spans(req.body, hidden)
+        return req.spans
 
     def _masked_path(self, req: RequestHead) -> str:
         """The path (never the query), with every finding in it masked."""
         path = req.path
-        if not self.flow.detections:
+        if not req.detections:
             return path
         # Offset of the path in the view: after "METHOD ", and after scheme://host for an
         # absolute-form target.
         line_start = req.view_start + len(req.method) + 1 + max(0, req.target.find(path))
         buf = bytearray(path.encode("latin-1", "replace"))
-        for d in self.flow.detections:
+        for d in req.detections:
             if d.start < line_start + len(buf) and d.end > line_start:
                 mask_detection(buf, line_start, d, self.masker)
         return buf.decode("latin-1")
 
-    def _field_of(self, det: Detection) -> str | None:
+    def _request_of(self, det: Detection) -> RequestHead | None:
         for req in reversed(self._requests):       # newest first: the first that starts
             if det.start >= req.view_start:        # at or before the finding holds it
-                return _field(self._spans(req), req, det)
+                return req
         return None
+
+    def _field_of(self, det: Detection) -> str | None:
+        """Known at once only when the request was complete (else `http.request` has it)."""
+        req = self._request_of(det)
+        return _field(self._spans(req), req, det) if req is not None else None
 
     def _scan(self, data: bytes) -> list[Command]:
         return self._after_detections(self.stream.feed(data))
@@ -559,6 +581,11 @@ class Relay:
 
     def _act_on(self, detections: list[Detection]) -> list[Command]:
         self.flow.detections.extend(detections)
+        if self.codec is not None:
+            for d in detections:
+                req = self._request_of(d)
+                if req is not None:
+                    req.detections.append(d)
         content = self.policy.decide_content(self._connect_decision, detections)
         verdict: Verdict = content.verdict
         action = verdict.action
