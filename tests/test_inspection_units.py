@@ -122,6 +122,7 @@ def test_host_ca_files_and_leaves(tmp_path: Path) -> None:
     ctx = ca.server_context("api.openai.com")
     assert ca.server_context("API.openai.com") is ctx               # cached per name
     client = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    client.set_alpn_protocols(["h2", "http/1.1"])
     # A real handshake over memory BIOs proves the leaf verifies for the name.
     from egressguard.tls.pipe import TlsPipe
     pipe = TlsPipe(ctx)
@@ -135,7 +136,7 @@ def test_host_ca_files_and_leaves(tmp_path: Path) -> None:
             out, _ = pipe.feed(cout.read())
             cin.write(out)
     pipe.feed(cout.read())                  # the client's Finished
-    assert pipe.handshake_done and pipe.alpn in ("", "http/1.1")
+    assert pipe.handshake_done and pipe.alpn == "http/1.1"        # never h2
     c.write(b"GET / HTTP/1.1\r\n\r\n")
     assert pipe.feed(cout.read())[1] == b"GET / HTTP/1.1\r\n\r\n"
     assert HostCA(str(tmp_path / "state")).cert_pem == ca.cert_pem  # loaded, not re-made
@@ -352,3 +353,32 @@ def test_since_periods() -> None:
     assert parse_since("7d") == 7 * 86400 and parse_since("2") == 7200
     with pytest.raises(Exception, match="not a period"):
         parse_since("yesterday")
+
+
+def test_ca_export_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from egressguard.cli.main import main
+    cfg = tmp_path / "policy.yaml"
+    cfg.write_text("scope: {cgroup: /a}\nstate_dir: state\n")
+    assert main(["ca", "export", "--config", str(cfg)]) == 0
+    pem = capsys.readouterr().out
+    assert pem.startswith("-----BEGIN CERTIFICATE-----")
+    assert pem.encode() == (tmp_path / "state" / "ca.crt").read_bytes()
+    assert main(["ca", "export", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_a_client_hello_after_the_sniff_timeout_is_blocked_not_passed_unopened() -> None:
+    r = intercepting_relay("rules: []")
+    r.start()
+    r.sniff_timeout()                           # nothing arrived in time
+    r.upstream_connected()
+    hello = real_client_hello("api.openai.com")
+    out = r.client_data(hello[:20]) + r.client_data(hello[20:])
+    assert not any(isinstance(c, SendUpstream) for c in out)
+    assert isinstance(out[-1], Reset) and r.flow.verdict.rule == "tls.intercept"
+    r = intercepting_relay("rules: []")          # another host: passes as before
+    r.start()
+    r.sniff_timeout()
+    r.upstream_connected()
+    out = r.client_data(real_client_hello("api.mistral.ai")) + r.client_idle(final=True)
+    assert any(isinstance(c, SendUpstream) for c in out)

@@ -235,12 +235,31 @@ class Relay:
             # sniff_timeout before sending it. The audit log shows it either way, and host
             # rules are checked again before any byte goes out (see _forward).
             self._sniff_buf += data
-            if self._sniff(bytes(self._sniff_buf)) and self.policy.needs_host:
+            host = self._sniff(bytes(self._sniff_buf))
+            if host and self._may_intercept and self.forwarded == 0 \
+                    and self.pending[:1] == b"\x16":
+                out = self._late_client_hello(host)
+                if self.phase is Phase.CLOSED:
+                    return out
+            if host and self.policy.needs_host:
                 out = self._recheck_with_host()
                 if self.phase is Phase.CLOSED:
                     return out
                 return out + self._scan(data)
         return self._scan(data)
+
+    def _late_client_hello(self, host: str) -> list[Command]:
+        """A ClientHello that arrived after sniff_timeout, for a host the selector opens: the
+        stream is already being scanned as sent, so it can no longer be intercepted. Nothing
+        of it has left (see _forward): fail closed rather than let it through unopened."""
+        from .tls.select import PASSTHROUGH
+        if self.interceptor.choose(self.flow.process, host) == PASSTHROUGH:
+            return []
+        verdict = Verdict(Action.BLOCK, "tls.intercept",
+                          "the TLS ClientHello arrived after proxy.sniff_timeout: too late to "
+                          "intercept this host")
+        self.flow.verdict = verdict
+        return [Emit("flow.block", {"verdict": verdict.to_dict()})] + self._reset(verdict.reason)
 
     def client_idle(self, final: bool) -> list[Command]:
         """The client paused. Release what cannot be the start of a secret (`final=False`), or
@@ -642,7 +661,8 @@ class Relay:
         """Send every byte that is both scanned-safe and allowed."""
         if self.phase is not Phase.FORWARDING or not self.upstream_open:
             return []
-        if self._sniffed is None and self.policy.needs_host and not self.client_done:
+        if self._sniffed is None and (self.policy.needs_host or self._may_intercept) \
+                and not self.client_done:
             return []      # a host rule may still apply once the name is complete
         safe = min(self.stream.safe_offset, self.forwarded + len(self.pending))
         out: list[Command] = []
