@@ -292,6 +292,10 @@ def test_usage_by_provider_matches_intercepted_server_bytes(world: dict) -> None
     assert any(r["key"] == "pii" and r["detections"] >= 2 for r in by_class)
     text = host.egressctl("usage", "--by", "provider", "--since", "1h")
     assert text.returncode == 0 and "anthropic" in text.stdout
+    table = host.egressctl("flows", "--since", "1h", "--provider", "anthropic")
+    assert table.returncode == 0 and "claude-opus" in table.stdout and "pii.emailx" in table.stdout
+    bad = host.egressctl("usage", "--since", "yesterday")
+    assert bad.returncode == 2 and "not a period" in bad.stderr
     db = Path(world["dir"] / "guard" / "state" / "ledger.db")
     assert db.stat().st_mode & 0o077 == 0
     for f in (db, Path(str(db) + "-wal")):
