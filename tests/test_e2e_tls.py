@@ -80,9 +80,11 @@ def world() -> Iterator[dict[str, Any]]:
 
 
 def run_agent(w: dict[str, Any], sni: str, requests: list[dict[str, Any]], *,
-              cafile: str | None = None, wait: bool = True) -> Any:
-    spec = {"ip": HOSTS[sni], "port": w["servers"][sni].port, "sni": sni,
-            "cafile": cafile or w["bundle"], "requests": requests, "timeout": 60}
+              cafile: str | None = None, wait: bool = True, raw: bytes | None = None) -> Any:
+    spec: dict[str, Any] = {"ip": HOSTS[sni], "port": w["servers"][sni].port, "sni": sni,
+                            "cafile": cafile or w["bundle"], "requests": requests, "timeout": 60}
+    if raw is not None:
+        spec["raw_b64"] = base64.b64encode(raw).decode()
     fd, path = tempfile.mkstemp(dir=w["dir"], suffix=".json")
     with os.fdopen(fd, "w") as fh:
         json.dump(spec, fh)
@@ -265,6 +267,25 @@ def test_pinned_client_fails_is_audited_and_next_attempt_blocked(world: dict) ->
     assert any(e["event"] == "flow.block" and e.get("rule") == "tls.on_intercept_failure"
                for e in audit(host))
     assert not server.requests
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\x00\xffnot http at all\r\n\r\n",
+    b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello",
+    b"POST / HTTP/1.1\r\nContent-Encoding: gzip\r\nContent-Length: 9\r\n\r\nnot-gzip!",
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+])
+def test_hostile_bytes_inside_tls_are_blocked_and_the_daemon_carries_on(world: dict,
+                                                                      garbage: bytes) -> None:
+    host, server = world["host"], world["servers"]["api.groq.com"]
+    before = server.total_bytes
+    report = run_agent(world, "api.groq.com", [], raw=garbage)
+    assert not report.get("reply"), report            # no answer but a reset / close
+    assert server.total_bytes == before
+    assert wait_for(lambda: any(e["event"] == "flow.block" and e.get("rule") == "http"
+                                for e in audit(host)))
+    ok = run_agent(world, "api.groq.com", [post("/openai/v1/chat/completions", chat("hi"))])
+    assert ok["responses"][0]["status"] == 200, ok
 
 
 # ----------------------------------------------------------------------------- ledger

@@ -29,8 +29,18 @@ def main() -> None:
             sock = socket.create_connection((ip, port), timeout)
             self.sock = ctx.wrap_socket(sock, server_hostname=spec["sni"])
 
-    conn = Conn(spec["sni"], port, context=ctx, timeout=timeout)
     out: dict = {"responses": [], "error": ""}
+    if "raw_b64" in spec:              # hostile mode: bytes that are not HTTP, over TLS
+        try:
+            sock = ctx.wrap_socket(socket.create_connection((ip, port), timeout),
+                                   server_hostname=spec["sni"])
+            sock.sendall(base64.b64decode(spec["raw_b64"]))
+            out["reply"] = base64.b64encode(sock.recv(65536)).decode()
+        except (OSError, ssl.SSLError) as exc:
+            out["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        print(json.dumps(out), flush=True)
+        return
+    conn = Conn(spec["sni"], port, context=ctx, timeout=timeout)
     try:
         for r in spec["requests"]:
             headers = dict(r.get("headers", {}))
