@@ -331,6 +331,33 @@ def test_only_approvers_see_everyone_in_the_ledger(world: dict) -> None:
     assert mine.stdout.strip() == ""                  # uid 12345 opened no flows
     everyone = host.egressctl("usage", "--by", "user", "--json")
     assert any(json.loads(line)["key"] == "nobody" for line in everyone.stdout.splitlines())
+    theirs = host.egressctl("flows", "--since", "1h", "--json", uid=12345)
+    assert theirs.returncode == 0 and theirs.stdout.strip() == ""
+    own = host.egressctl("flows", "--since", "1h", "--json", uid=65534)   # the agents' uid
+    assert own.returncode == 0 and own.stdout.strip()
+    assert all(json.loads(line)["process"]["uid"] == 65534 for line in own.stdout.splitlines())
+
+
+def test_pinned_client_with_passthrough_is_let_through_unopened(world: dict) -> None:
+    """tls.on_intercept_failure: passthrough (its own daemon): after the first refusal, the
+    same program reaches the real server with its own TLS, unscanned."""
+    d = world["dir"] / "passthrough"
+    server = world["servers"]["api.cohere.com"]
+    cfg = base_config(d, rules=[])
+    cfg["proxy"]["listen"] = f"127.0.0.1:{free_port()}"
+    cfg["tls"] = {"intercept": {"hosts": ["api.cohere.com"]}, "on_intercept_failure":
+                  "passthrough", "upstream_ca_file": world["test_ca"]}
+    with GuardedHost(d, cfg) as host:
+        w = dict(world, host=host)
+        first = run_agent(w, "api.cohere.com", [post("/v1/chat", chat("hi"))],
+                          cafile=world["test_ca"])
+        assert first["error"], first
+        second = run_agent(w, "api.cohere.com", [post("/v1/chat", chat("again"))],
+                           cafile=world["test_ca"])
+        assert second["responses"][0]["status"] == 200, second
+        assert json.loads(server.requests[-1].body)["messages"][1]["content"] == "again"
+        ev = [e for e in audit(host) if e["event"] == "tls.intercept_failed"]
+        assert ev and ev[0]["next_attempts"] == "passthrough"
 
 
 def _usage(host: GuardedHost, by: str) -> list[dict[str, Any]]:
