@@ -10,7 +10,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-apt_pkgs=(python3 python3-venv python3-bpfcc bpftool iproute2 procps)
+# systemd (systemd-analyze) and util-linux (setpriv, unshare) are used by the tests.
+apt_pkgs=(python3 python3-venv python3-bpfcc bpftool iproute2 procps systemd util-linux)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

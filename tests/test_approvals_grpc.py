@@ -372,3 +372,40 @@ def test_socket_permissions_stale_socket_and_second_daemon(sockdir: str) -> None
             async with Daemon(path, ["root"]):
                 pass
     run(scenario())
+
+
+HOARDER = """
+import socket, sys
+conns = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sys.argv[1])
+    conns.append(s)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_one_uid_cannot_take_every_connection_and_lock_the_approvers_out(sockdir: str) -> None:
+    # The socket is open to every local user, the held agent included: an agent holding
+    # hundreds of idle connections must not keep root from approving or denying.
+    async def scenario() -> None:
+        path = os.path.join(sockdir, "a.sock")
+        async with Daemon(path, ["root"]) as d:
+            d.hold(uid=NOBODY, flow_id="f-held")
+            hoarder = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", HOARDER, path, "300", stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, env=ctl_env(), **as_user(NOBODY))
+            try:
+                assert hoarder.stdout is not None
+                line = await asyncio.wait_for(hoarder.stdout.readline(), TIMEOUT)
+                assert line == b"ready\n"
+                await asyncio.sleep(1.0)                  # the daemon has accepted them all
+                rc, out, err = await ctl(path, "pending")
+                assert rc == 0 and "f-held" in out, (rc, err)
+                rc, out, err = await ctl(path, "pending", uid=NOBODY)
+                assert rc == 3                            # the hoarder's own uid is capped
+            finally:
+                hoarder.kill()
+                await hoarder.wait()
+    run(scenario())

@@ -143,6 +143,16 @@ def test_run_as_nobody_names_missing_privilege(tmp: Path) -> None:
     assert "must run as root" in line and "CAP_BPF" in line
 
 
+def test_run_as_root_without_cap_bpf_says_which_capability_and_where(tmp: Path) -> None:
+    # Root in a container started without --cap-add, or under a unit that bounds its
+    # capabilities: "run as root" would be the wrong advice.
+    path = write_policy(tmp)
+    res = cli("run", "--config", str(path), wrap=["setpriv", "--bounding-set", "-bpf", "--"])
+    (line,) = error_lines(res)
+    assert "runs as root but without CAP_BPF" in line and "--cap-add" in line
+    assert "must run as root" not in line
+
+
 def test_run_without_kernel_headers_says_how_to_install(tmp: Path) -> None:
     """Simulated for real: a private mount namespace hides /lib/modules/<release> behind an
     empty directory (nothing outside this one process sees it)."""
@@ -160,6 +170,19 @@ def test_run_without_kernel_headers_says_how_to_install(tmp: Path) -> None:
     (line,) = error_lines(res)
     assert f"kernel headers not found at /lib/modules/{release}/build" in line
     assert f"linux-headers-{release}" in line
+
+
+def test_run_without_cgroup2_says_how_to_mount_it(tmp: Path) -> None:
+    """Simulated for real: in a private mount namespace every cgroup2 mount is unmounted
+    (nothing outside this one process sees it)."""
+    path = write_policy(tmp)
+    res = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         "for m in $(awk '$3==\"cgroup2\"{print $2}' /proc/mounts); do umount -l \"$m\" || "
+         "exit 9; done; exec \"$@\"", "sh", PY, "-m", "egressguard", "run", "--config",
+         str(path)], capture_output=True, text=True, timeout=90)
+    (line,) = error_lines(res)
+    assert "no cgroup v2 hierarchy is mounted" in line and "mount -t cgroup2" in line
 
 
 def test_preflight_headers_check_with_a_temporary_modules_dir(tmp: Path) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -21,6 +22,7 @@ from typing import Any, Iterator
 import pytest
 
 from egressguard.harness import GuardedHost, base_config, free_port
+from tests.tools.payloads import payload_file
 from tests.tools.servers import RecordingServer
 
 pytestmark = pytest.mark.kernel
@@ -75,14 +77,13 @@ class Agent:
         self.host, self.workdir = host, workdir
 
     def start(self, dst_host: str, port: int, payload: bytes, *, uid: int = NOBODY,
-              extra: list[str] | None = None) -> subprocess.Popen[str]:
-        fd, path = tempfile.mkstemp(dir=self.workdir, suffix=".payload")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.chmod(path, 0o644)
-        return self.host.agent(["/usr/bin/python3", AGENT, dst_host, str(port),
+              extra: list[str] | None = None, argv0: str = "/usr/bin/python3",
+              ) -> subprocess.Popen[str]:
+        path = payload_file(self.workdir, payload)
+        return self.host.agent([argv0, AGENT, dst_host, str(port),
                                 "--payload-file", path, *(extra or [])],
-                               uid=uid, gid=uid, stdout=subprocess.PIPE, text=True)
+                               uid=uid, gid=uid, stdout=subprocess.PIPE, text=True,
+                               executable="/usr/bin/python3")
 
     def run(self, *args: Any, timeout: float = 120, **kw: Any) -> dict[str, Any]:
         proc = self.start(*args, **kw)
@@ -312,11 +313,95 @@ def test_secret_on_the_command_line_is_masked_everywhere(guard: GuardedHost,
         assert AWS_KEY_ID not in text and EMAIL not in text
 
 
+def test_secret_in_the_executables_path_is_masked_everywhere(guard: GuardedHost,
+                                                            workdir: Path) -> None:
+    # The agent runs an interpreter it copied into a directory named after the key: the
+    # executable's path is part of every flow's identity, like the command line.
+    folder = workdir / f"tools-{AWS_KEY_ID}"
+    folder.mkdir(exist_ok=True)
+    os.chmod(folder, 0o755)
+    python = folder / "python3"
+    shutil.copy2(os.path.realpath("/usr/bin/python3"), python)
+    with RecordingServer("127.20.0.20") as server:
+        proc = guard.agent([str(python), AGENT, server.host, str(server.port), "--payload-file",
+                            payload_file(workdir, http_post(b"k=" + AWS_KEY_ID.encode()))],
+                           stdout=subprocess.PIPE, text=True)
+        hold = _held(guard, "127.20.0.20")
+        shown = json.dumps(hold) + guard.egressctl("pending").stdout + \
+            guard.egressctl("flows").stdout
+        guard.egressctl("deny", hold["id"], "--reason", "exe test")
+        finish(proc)
+    assert hold["process"]["exe"].startswith(str(workdir / "tools-AKIA"))   # masked, not gone
+    for text in (shown, Path(guard.audit_path).read_text()):
+        assert AWS_KEY_ID not in text
+
+
+def test_what_the_held_agent_controls_cannot_fool_the_approver_or_leak_a_secret(
+        guard: GuardedHost, workdir: Path) -> None:
+    # The agent names itself (argv[0]) with escape sequences that would clear the approver's
+    # screen and forge a harmless-looking hold, and carries the key in the Host name too. The
+    # approver pastes the key into the reason. None of it may reach a terminal raw, and the
+    # key may reach neither the audit log nor egressctl, in any case.
+    forged = "\x1b[2J\x1b[H\nh-aaaaaaaaaa  held 0s\n  who:   alice (uid 1000)\r\x1b]0;x\x07"
+    payload = http_post(b"hello", host=AWS_KEY_ID + ".exfil.test")
+    with RecordingServer("127.20.0.19") as server:
+        proc = Agent(guard, workdir).start(server.host, server.port, payload, argv0=forged,
+                                           extra=["--tag", "line one\nwho: root"])
+        try:
+            hold = _held(guard, "127.20.0.19")
+            # JSON keeps it, escaped (psutil reads /proc in text mode: \r arrives as \n)
+            assert hold["process"]["cmdline"][0] == forged.replace("\r", "\n")
+            assert hold["destination"]["host"].endswith(".exfil.test")
+            outputs = [guard.egressctl(*cmd).stdout for cmd in (["pending"], ["flows"])]
+            decided = guard.egressctl("deny", hold["id"], "--reason",
+                                      f"no: {AWS_KEY_ID} is the production key")
+            assert decided.returncode == 0, decided.stderr
+            outputs.append(decided.stdout)
+            report = finish(proc)
+        finally:
+            proc.kill()
+            proc.wait(10)
+    assert report["error"] == "ConnectionResetError" and server.total_bytes == 0
+    # Other tests' holds may still be pending (a killed client's FIN keeps a hold open).
+    pending_text = next(block for block in outputs[0].split("\n\n") if "127.20.0.19" in block)
+    assert "\x1b" not in "".join(outputs) and "\r" not in "".join(outputs)
+    assert all(line.isprintable() for out in outputs for line in out.splitlines())
+    assert len(pending_text.strip().splitlines()) == 6                    # one hold, six lines
+    assert "\\x1b[2J" in pending_text                                   # shown, visibly
+    for text in outputs + [Path(guard.audit_path).read_text()]:
+        assert AWS_KEY_ID not in text and AWS_KEY_ID.lower() not in text
+        assert AWS_KEY_ID[4:].lower() not in text.lower()
+
+
 def test_no_raw_secret_in_any_log(guard: GuardedHost) -> None:
     texts = [Path(guard.audit_path).read_text(), "\n".join(guard.log_lines)]
     for text in texts:
-        assert AWS_KEY_ID not in text
-        assert EMAIL not in text
+        assert AWS_KEY_ID not in text and AWS_KEY_ID[4:].lower() not in text.lower()
+        assert EMAIL not in text and EMAIL.lower() not in text.lower()
+
+
+def test_a_daemon_inside_the_cgroup_it_guards_still_serves_approvals(workdir: Path) -> None:
+    # scope.cgroup may be an ancestor of where egressguard itself runs. Its upstream sockets
+    # carry the mark; so must the approvals front door's internal connection, or it is
+    # redirected to the proxy and every egressctl call is refused as unauthenticated.
+    cfg = policy(workdir / "inside")
+    host = GuardedHost(workdir / "inside", cfg)
+    wrapper = workdir / "python-in-guarded-cgroup"
+    wrapper.write_text(f"#!/bin/sh\necho $$ > {host.cgroup_path}/cgroup.procs\n"
+                       f"exec {host.python} \"$@\"\n")
+    wrapper.chmod(0o755)
+    host.python = str(wrapper)
+    with host, RecordingServer("127.20.0.21") as server:
+        assert host.proc is not None
+        own = Path(f"/proc/{host.proc.pid}/cgroup").read_text()
+        assert f"0::{host.cgroup_rel}\n" in own                 # the daemon is guarded too
+        payload = http_post(b"key=" + AWS_KEY_ID.encode())
+        proc = Agent(host, workdir).start(server.host, server.port, payload)
+        hold = _held(host, "127.20.0.21")
+        res = host.egressctl("approve", hold["id"], "--reason", "daemon inside its cgroup")
+        assert res.returncode == 0, res.stderr
+        finish(proc)
+        wait_for(lambda: server.all_data() == payload)
 
 
 # ----------------------------------------------------------------------------- expiry

@@ -272,3 +272,33 @@ def test_visibility_and_approver_config() -> None:
         HoldRegistry([], 1, "maybe", lambda n, f: None)
     with pytest.raises(ValueError, match="timeout_s"):
         HoldRegistry([], 0, "deny", lambda n, f: None)
+
+
+def test_reasons_and_hold_ids_are_scanned_and_bounded_before_they_are_recorded() -> None:
+    # A person may paste a key into a reason; anyone local, the held agent included, may send
+    # any text as a hold id or reason and have the refusal audited. Neither may put a raw
+    # secret (or megabytes) into the audit log. The redactor is the daemon's: the real engine.
+    from egressguard.scan.engine import ScanEngine
+    from egressguard.scan.pack import load_pack
+    from egressguard.scan.redact import redact_args
+    engine = ScanEngine(load_pack(None), b"holds-test-key")
+    key = "AKIA" + "Q7XZ3MPLK2VB9DRT"
+
+    async def scenario() -> None:
+        rec = Recorder()
+        reg = HoldRegistry(["alice"], 5.0, "deny", rec,
+                           redact=lambda text: redact_args(engine, [text])[0])
+        hold = reg.open(flow(uid=1001), VERDICT, [DET])
+        with pytest.raises(DecisionRefused) as refused:
+            reg.decide(f"h-{key}", MALLORY, True, f"take {key} " + "x" * 100_000)
+        assert key not in refused.value.message
+        d = reg.decide(hold.id, ALICE, True, f"ok, {key} is the staging key")
+        assert key not in d.reason and d.reason.startswith("ok, AKIA") and "staging" in d.reason
+        for name, fields in rec.events:
+            text = repr(fields)
+            assert key not in text and key[4:] not in text, f"key in {name}: " + ", ".join(
+                k for k, v in fields.items() if key[4:] in repr(v))
+        attempt = rec.events[1][1]
+        assert attempt["code"] == "not_approver"
+        assert len(attempt["reason"]) < 2100 and attempt["reason"].endswith("...[cut]")
+    run(scenario())

@@ -29,6 +29,7 @@ import psutil
 import pytest
 
 from egressguard.harness import GuardedHost, base_config, free_port
+from tests.tools.payloads import payload_file
 from tests.tools.servers import RecordingServer
 
 pytestmark = pytest.mark.kernel
@@ -90,14 +91,6 @@ def guard(workdir: Path) -> Iterator[GuardedHost]:
     wrapper.chmod(0o755)
     with GuardedHost(workdir / "hostile", cfg, python=str(wrapper)) as host:
         yield host
-
-
-def payload_file(workdir: Path, data: bytes) -> str:
-    fd, path = tempfile.mkstemp(dir=workdir, suffix=".payload")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(path, 0o644)
-    return path
 
 
 def run_agent(host: GuardedHost, workdir: Path, dst: str, port: int, payload: bytes,

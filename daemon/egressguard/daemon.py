@@ -138,7 +138,8 @@ async def run_daemon(path: str) -> int:
     # Approver names were resolved to uids when the policy was loaded: decide by uid.
     registry = HoldRegistry([f"uid:{ref.uid}" for ref in config.approvals.approvers],
                             config.approvals.timeout,
-                            config.approvals.on_timeout, on_hold_event)
+                            config.approvals.on_timeout, on_hold_event,
+                            redact=lambda text: redact_args(loaded.engine, [text])[0])
 
     from egressguard.kernel.probes import GuardProbes
     probes = GuardProbes(
@@ -153,8 +154,13 @@ async def run_daemon(path: str) -> int:
         if rec is None:
             return None
         process = process_identity(rec, mount)
-        # The command line is recorded everywhere (audit, egressctl): mask what it carries.
-        process = replace(process, cmdline=redact_args(loaded.engine, process.cmdline))
+        # The command line, the executable's path and the cgroup (a delegated subtree or a
+        # user unit is named by the process) are recorded everywhere (audit, egressctl):
+        # mask what they carry.
+        exe, unit, cgroup_path = redact_args(
+            loaded.engine, [process.exe, process.systemd_unit, process.cgroup_path])
+        process = replace(process, cmdline=redact_args(loaded.engine, process.cmdline), exe=exe,
+                          systemd_unit=unit, cgroup_path=cgroup_path)
         return Origin(Destination(rec.dst_ip, rec.dst_port), process)
 
     proxy = GuardProxy(
@@ -177,7 +183,8 @@ async def run_daemon(path: str) -> int:
     try:
         try:
             server = await start_approval_server(config.approvals.socket, registry,
-                                                 proxy.all_flows, inspection.ledger.path)
+                                                 proxy.all_flows, mark=config.proxy.mark,
+                                                 ledger_path=inspection.ledger.path)
         except OSError as exc:
             raise EnvironmentProblem(
                 f"cannot serve approvals on {config.approvals.socket}: {exc.strerror or exc}")

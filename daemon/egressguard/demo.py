@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -105,6 +106,12 @@ class StandIn:
         self.sock.close()
 
 
+def _as_root_prefix() -> str:
+    """"sudo " when the demo was started with sudo (the second terminal is likely a normal
+    user's), "" when it runs as root itself: a minimal Debian has no sudo at all."""
+    return "sudo " if os.environ.get("SUDO_USER") and shutil.which("sudo") else ""
+
+
 def say(text: str = "") -> None:
     print(text, flush=True)
 
@@ -117,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=int, default=300, help="how long the hold waits (s)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
-        say("the demo loads eBPF programs: run it as root (sudo make demo)")
+        say("the demo loads eBPF programs: run it as root (`make demo` as root, or "
+            "`sudo make demo`)")
         return 2
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -178,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             say("\n   the request is HELD. `egressctl pending` shows:\n")
             say(host.egressctl("pending").stdout)
-            ctl = f"sudo {Path(sys.executable).parent / 'egressctl'} --socket {socket_arg}"
+            egressctl = Path(sys.executable).parent / "egressctl"
+            ctl = f"{_as_root_prefix()}{egressctl} --socket {socket_arg}"
             say("   decide in another terminal (the agent runs as nobody; root is the approver):")
             say(f"     {ctl} approve {hold['id']} --reason 'ticket OPS-42: demo key'")
             say(f"     {ctl} deny {hold['id']} --reason 'keys do not go to chat APIs'")

@@ -38,6 +38,7 @@ from .events import EventBus
 from .model import Decision, Destination, FlowInfo, FlowState, Process
 from .relay import (ConnectUpstream, Emit, HalfCloseUpstream, Hold, InterceptTls, Phase, Relay,
                     Reset, SendClient, SendUpstream)
+from .scan.redact import redact_bytes
 from .tls.pipe import TlsFailed, TlsPipe
 
 log = logging.getLogger("egressguard.proxy")
@@ -184,8 +185,9 @@ class FlowHandler:
         self.flow = FlowInfo(self.proxy.new_flow_id(), origin.process, origin.destination,
                              time.time())
         self.relay = Relay(self.flow, self.proxy.policy_provider(), engine.open_stream(),
-                           self.proxy.masker, interceptor=self.proxy.interceptor,
-                           catalog=self.proxy.catalog, max_decoded=self.proxy.max_decoded)
+                           self.proxy.masker, redact=lambda data: redact_bytes(engine, data),
+                           interceptor=self.proxy.interceptor, catalog=self.proxy.catalog,
+                           max_decoded=self.proxy.max_decoded)
         self.proxy.flows[self.flow.flow_id] = self.flow
         try:
             self.execute(self.relay.start())

@@ -32,7 +32,7 @@ import bisect
 import enum
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from .httpcodec import HeadDone, HttpError, HttpRequestCodec, RequestDone, RequestHead
 from .jsonpaths import field_at, string_spans
@@ -169,6 +169,7 @@ class Relay:
     policy: PolicyLike
     stream: ScanStreamLike
     masker: Any                       # scan.mask.mask_span
+    redact: Callable[[bytes], bytes] | None = None   # scan.redact.redact_bytes with the engine
     interceptor: Any = None           # tls.select.InterceptSelector (None: never intercept)
     catalog: Any = None               # catalog.Catalog (None: no provider labels)
     max_decoded: int = 16 * 1024 * 1024
@@ -366,6 +367,8 @@ class Relay:
         host = sniff_host(prefix[:MAX_SNIFF_BYTES])
         if host is NEED_MORE:
             return NEED_MORE
+        if host:
+            host = self._host_to_record(prefix[:MAX_SNIFF_BYTES], host)
         self._sniffed = host
         self._sniff_buf = bytearray()
         if host:
@@ -387,6 +390,31 @@ class Relay:
     @property
     def _may_intercept(self) -> bool:
         return self.interceptor is not None and self.interceptor.enabled
+
+    def _host_to_record(self, prefix: bytes, host: str) -> str:
+        """The sniffed name with every finding in it masked, as policy and records see it.
+
+        An agent can carry a secret in a host name (`<key>.attacker.example`, in the Host
+        header or the SNI), and the name goes to the audit log and to egressctl. The sniffer
+        lower-cases it while detectors are case-sensitive, so the prefix is redacted as sent
+        (with its context) and each place the name occurs in it, any case, is compared: a
+        byte masked in any occurrence is masked in the name. Host globs still match, since
+        masking keeps the length and the labels without findings."""
+        if self.redact is None:
+            return host
+        masked_prefix = self.redact(prefix)
+        if masked_prefix == prefix:
+            return host
+        needle = host.encode("ascii", "replace")
+        name = bytearray(needle)
+        lowered = prefix.lower()
+        at = lowered.find(needle)
+        while at >= 0:
+            for i in range(len(name)):
+                if masked_prefix[at + i] != prefix[at + i]:
+                    name[i] = ord("*")
+            at = lowered.find(needle, at + 1)
+        return name.decode("ascii")
 
     def _decide_connect(self) -> list[Command]:
         cd = self.policy.decide_connect(self.flow.process, self.flow.destination)

@@ -40,6 +40,8 @@ ON_TIMEOUT = ("allow", "deny")
 SYSTEM_UID = -1                 # Decision.by_uid when egressguard itself resolved a hold
 SYSTEM_USER = "egressguard"
 _FINISHED_MEMORY = 1024         # recently resolved holds kept to explain late decisions
+MAX_REASON = 2000               # characters of a decision's reason that are recorded
+MAX_HOLD_ID = 64                # a real id is 12; longer ones are recorded cut
 
 # Event kinds (HoldEvent.kind) and the audit event names they are reported under.
 OPENED, DECIDED, EXPIRED, ABORTED = "opened", "decided", "expired", "aborted"
@@ -56,6 +58,10 @@ class DecisionRefused(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "...[cut]"
 
 
 def new_hold_id() -> str:
@@ -123,7 +129,8 @@ class HoldRegistry:
     """Pending holds and the rules for deciding them (see the module docstring)."""
 
     def __init__(self, approvers: list[str], timeout_s: float, on_timeout: str,
-                 on_event: Callable[[str, dict[str, Any]], None]) -> None:
+                 on_event: Callable[[str, dict[str, Any]], None],
+                 redact: Callable[[str], str] | None = None) -> None:
         if on_timeout not in ON_TIMEOUT:
             raise ValueError(f"on_timeout must be one of {', '.join(ON_TIMEOUT)}, not {on_timeout!r}")
         if not timeout_s > 0:
@@ -143,6 +150,9 @@ class HoldRegistry:
         self.timeout_s = float(timeout_s)
         self.on_timeout = on_timeout
         self._on_event = on_event
+        # A reason is free text from a person ("ok, AKIA... is the test key"): it is recorded
+        # and shown, so it goes through the detectors first, like a command line.
+        self._redact = redact or (lambda text: text)
         self._pending: dict[str, PendingHold] = {}
         self._finished: OrderedDict[str, PendingHold] = OrderedDict()
         self._subscribers: list[Callable[[HoldEvent], None]] = []
@@ -206,6 +216,10 @@ class HoldRegistry:
     def decide(self, hold_id: str, who: Identity, approve: bool, reason: str) -> Decision:
         """Approve or deny on behalf of `who`; raises DecisionRefused (and audits the refusal)."""
         verb = "approve" if approve else "deny"
+        # Both come from the caller, who may be anyone local (the held agent included) and
+        # whose refused attempts are audited too: bounded, and scanned like a command line.
+        hold_id = self._redact(_clip(hold_id, MAX_HOLD_ID))
+        reason = self._redact(_clip(reason, MAX_REASON))
         hold = self._pending.get(hold_id)
         try:
             self._check(hold_id, hold, who, verb, reason)

@@ -53,6 +53,7 @@ import pwd
 import socket
 import stat
 import struct
+from collections import Counter
 from dataclasses import dataclass
 
 from egressguard.errors import EnvironmentProblem
@@ -62,6 +63,9 @@ log = logging.getLogger(__name__)
 _UCRED = struct.Struct("3i")          # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
 RELAY_CHUNK = 64 * 1024
 MAX_CONNECTIONS = 256                 # the front door is open to every local user
+# ... so one uid (a held agent, say) must not be able to take every slot and lock the
+# approvers out: each uid gets at most this many connections at a time.
+MAX_CONNECTIONS_PER_UID = 32
 
 
 @dataclass(frozen=True)
@@ -169,11 +173,15 @@ class PeerCredFrontDoor:
     relays it to the internal gRPC port (see the module docstring for why this is safe)."""
 
     def __init__(self, path: str, upstream: tuple[str, int], table: PeerTable,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS,
+                 max_per_uid: int = MAX_CONNECTIONS_PER_UID, mark: int = 0) -> None:
         self.path = path
         self.upstream = upstream
+        self.mark = mark
         self.table = table
         self.max_connections = max_connections
+        self.max_per_uid = max_per_uid
+        self._per_uid: Counter[int] = Counter()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._inode: tuple[int, int] | None = None
@@ -234,8 +242,22 @@ class PeerCredFrontDoor:
             log.warning("approvals: too many connections (%d), refusing one", len(self._tasks))
             return
         pid, uid, gid = peer_credentials(writer.get_extra_info("socket"))
+        if self._per_uid[uid] >= self.max_per_uid:
+            log.warning("approvals: uid %d has %d connections open, refusing one", uid,
+                        self._per_uid[uid])
+            return
+        self._per_uid[uid] += 1
+        try:
+            await self._relay(reader, writer, pid, uid, gid)
+        finally:
+            self._per_uid[uid] -= 1
+            if not self._per_uid[uid]:
+                del self._per_uid[uid]
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     pid: int, uid: int, gid: int) -> None:
         who = Identity(uid=uid, gid=gid, pid=pid, user=await asyncio.to_thread(user_name, uid))
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        up_reader, up_writer = await self._open_upstream()
         local = up_writer.get_extra_info("sockname")
         addr = (local[0], local[1])
         self.table.add(addr, who)      # before any byte goes upstream
@@ -254,6 +276,22 @@ class PeerCredFrontDoor:
             up_writer.close()
             with contextlib.suppress(Exception):
                 await up_writer.wait_closed()
+
+
+    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The internal connection, with the daemon's SO_MARK: when egressguard runs inside
+        the cgroup it guards (or below it), an unmarked connect would be redirected to its
+        own proxy, reach the gRPC server from an unknown peer and be refused."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if self.mark:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, self.upstream)
+        except BaseException:
+            sock.close()
+            raise
+        return await asyncio.open_connection(sock=sock)
 
 
 async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:

@@ -265,9 +265,11 @@ class ApprovalServer:
 
 async def start_approval_server(socket_path: str, registry: HoldRegistry,
                                 flows_provider: Callable[[], list[FlowInfo]],
+                                mark: int = 0,
                                 ledger_path: str | None = None) -> ApprovalServer:
     """Serve egressguard.v1.Approvals on `socket_path`; raises EnvironmentProblem when the
-    socket cannot be created or another daemon already listens there."""
+    socket cannot be created or another daemon already listens there. `mark` is the SO_MARK
+    the probes exempt (proxy.mark), for the front door's internal connections."""
     table = PeerTable()
     server = grpc.aio.server()
     pb_grpc.add_ApprovalsServicer_to_server(
@@ -277,7 +279,7 @@ async def start_approval_server(socket_path: str, registry: HoldRegistry,
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    front = PeerCredFrontDoor(socket_path, ("127.0.0.1", port), table)
+    front = PeerCredFrontDoor(socket_path, ("127.0.0.1", port), table, mark=mark)
     try:
         await front.start()
     except BaseException:

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
+from egressguard.cli.termsafe import printable
+
 DEFAULT_SOCKET = "/run/egressguard/approvals.sock"
 RPC_TIMEOUT_S = 10.0
 
@@ -207,8 +209,9 @@ def _why(rule: str, reason: str) -> str:
 
 
 def hold_text(h: Any) -> str:
-    """A few lines per hold, readable at a glance: who, what process, where, which data, age."""
-    return "\n".join([
+    """A few lines per hold, readable at a glance: who, what process, where, which data, age.
+    Each line is `printable()`: the held process chose much of what it shows."""
+    return "\n".join(printable(line) for line in [
         f"{h.id}  held {_duration(h.age_s)}, expires in {_duration(h.expires_in_s)} "
         f"(then {h.on_timeout})",
         f"  why:   {_why(h.rule, h.reason)}",
@@ -220,6 +223,10 @@ def hold_text(h: Any) -> str:
 
 
 def event_text(e: Any) -> str:
+    return printable(_event_line(e))
+
+
+def _event_line(e: Any) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(e.time))
     kind = _KIND_NAMES.get(e.kind, "unknown")
     h = e.hold
@@ -240,13 +247,13 @@ def event_text(e: Any) -> str:
 def flows_table(flows: list[Any]) -> str:
     rows = [("FLOW", "STATE", "USER", "PID", "PROCESS", "DESTINATION", "ACTION", "DATA", "UP/DOWN")]
     for f in flows:
-        rows.append((
+        rows.append(tuple(printable(cell) for cell in (
             f.flow_id, f.state, _who(f.process), str(f.process.pid),
             (f.process.exe or f.process.comm or "?")[-30:], _dest(f.destination),
             f"{f.verdict.action} ({f.verdict.rule})" if f.HasField("verdict") else "-",
             ",".join(sorted({d.detector for d in f.detections})) or "-",
             f"{f.bytes_up}/{f.bytes_down}",
-        ))
+        )))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -276,7 +283,8 @@ def _decide(args: argparse.Namespace, client: Client, approve: bool) -> int:
     method = client.stub.Approve if approve else client.stub.Deny
     d = client.call(method, request).decision
     verb = "approved" if approve else "denied"
-    print(f"{verb} {d.hold_id} (flow {d.flow_id}) as {d.by_user} (uid {d.by_uid}): {d.reason}")
+    print(printable(f"{verb} {d.hold_id} (flow {d.flow_id}) as {d.by_user} (uid {d.by_uid}): "
+                    f"{d.reason}"))
     return EXIT_OK
 
 
@@ -339,7 +347,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     prefix = f"line {result.line}: "
     if message.startswith(prefix):          # verify() names the line itself; say it once
         message = message[len(prefix):]
-    print(f"TAMPERED: line {result.line}: {message}")
+    print(printable(f"TAMPERED: line {result.line}: {message}"))
     return EXIT_REFUSED
 
 
@@ -412,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             client.close()
     except CtlError as e:
-        print(f"egressctl: {e}", file=sys.stderr)
+        print(printable(f"egressctl: {e}"), file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
         return 130

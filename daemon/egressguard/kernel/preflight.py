@@ -33,9 +33,19 @@ def _check_privileges() -> None:
         last_cap = int(f.read())
     missing = missing_capabilities(status, last_cap)
     if missing:
-        raise EnvironmentProblem(
-            f"egressguard must run as root (missing {', '.join(missing)}): start it with sudo "
-            "or from its systemd unit")
+        raise EnvironmentProblem(privilege_problem(os.geteuid(), missing))
+
+
+def privilege_problem(euid: int, missing: list[str]) -> str:
+    """The fix for missing capabilities. Root can lack them too (a container started without
+    --cap-add, a unit's CapabilityBoundingSet): "run as root" would not help there."""
+    names = ", ".join(missing)
+    if euid != 0:
+        return (f"egressguard must run as root (missing {names}): start it with sudo or from "
+                "its systemd unit")
+    return (f"egressguard runs as root but without {names}: its capability bounding set was "
+            "reduced (a container needs --cap-add for BPF, NET_ADMIN and SYS_ADMIN; a systemd "
+            "unit needs them in CapabilityBoundingSet and AmbientCapabilities)")
 
 
 def _check_bcc() -> None:
