@@ -28,6 +28,7 @@ bench: install
 	$(PY) bench/scanner.py
 	$(PY) bench/proxy.py
 	$(PY) bench/tls.py
+	$(PY) bench/sinks.py
 
 proto: install
 	$(PY) -m egressguard.approvals.gen_proto

@@ -198,6 +198,7 @@ def _fake_verify_module(result: _Result) -> types.ModuleType:
     egressctl reports its VerifyResult."""
     mod = types.ModuleType("egressguard.audit.verify")
     mod.verify = lambda path: result  # type: ignore[attr-defined]
+    mod.verify_set = mod.verify       # type: ignore[attr-defined]
     return mod
 
 

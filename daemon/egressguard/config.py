@@ -76,6 +76,8 @@ class ApprovalsConfig:
 @dataclass(frozen=True)
 class AuditConfig:
     path: str = "/var/log/egressguard/audit.jsonl"
+    rotate_size: int = 64 * MiB                   # bytes; 0: never rotate
+    sinks: tuple[Any, ...] = ()                   # audit.sinkconfig.SinkSpec (issue 4)
 
 
 @dataclass(frozen=True)
@@ -338,12 +340,19 @@ def _approvals(c: "_Checker", node: YNode | None) -> ApprovalsConfig:
 
 
 def _audit(c: "_Checker", node: YNode | None) -> AuditConfig:
+    from egressguard.audit.sinkconfig import parse_sinks
     if node is None:
         return AuditConfig()
-    m = c.mapping(node, "audit", ("path",))
-    if m is None or "path" not in m:
+    m = c.mapping(node, "audit", ("path", "rotate_size", "sinks"))
+    if m is None:
         return AuditConfig()
-    return AuditConfig(path=c.path(m["path"], "audit.path") or AuditConfig.path)
+    path = (c.path(m["path"], "audit.path") if "path" in m else None) or AuditConfig.path
+    rotate = AuditConfig.rotate_size
+    if "rotate_size" in m:
+        rotate = 0 if m["rotate_size"].value == 0 else c.size(m["rotate_size"],
+                                                               "audit.rotate_size")
+    sinks = parse_sinks(c, m["sinks"], path) if "sinks" in m else ()
+    return AuditConfig(path=path, rotate_size=rotate if rotate is not None else 0, sinks=sinks)
 
 
 def _detectors(c: "_Checker", node: YNode | None, source: str,

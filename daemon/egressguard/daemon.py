@@ -33,6 +33,7 @@ from egressguard.scan.redact import redact_args
 log = logging.getLogger("egressguard.daemon")
 
 AUDIT_START_TIMEOUT = 10.0     # seconds for the first audit events to reach the disk
+SINK_DRAIN_TIMEOUT = 3.0       # seconds healthy sinks get to ship the last events at stop
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ async def run_daemon(path: str) -> int:
     from egressguard.approvals.holds import HoldRegistry
     from egressguard.approvals.service import start_approval_server
     from egressguard.audit.keys import load_or_create_key
+    from egressguard.audit.sinks.runner import start_sinks
     from egressguard.audit.writer import AuditLog
     from egressguard.kernel.cgroup import cgroup2_mount
     from egressguard.kernel.identity import process_identity
@@ -114,7 +116,7 @@ async def run_daemon(path: str) -> int:
     from egressguard.inspection import build_inspection
     inspection = build_inspection(config)      # host CA, endpoint catalog, ledger
 
-    audit = AuditLog(config.audit.path)
+    audit = AuditLog(config.audit.path, rotate_bytes=config.audit.rotate_size or None)
     try:
         await audit.start()
     except OSError as exc:
@@ -122,6 +124,8 @@ async def run_daemon(path: str) -> int:
         # under a regular file) fails with a bare OSError, which must not become a traceback.
         raise EnvironmentProblem(_path_problem("audit log", "audit.path", config.audit.path,
                                                exc)) from None
+    # SIEM sinks read the written log on their own thread: they never slow enforcement.
+    sinks = start_sinks(config)
     bus = EventBus()
     bus.subscribe(lambda event, flow, fields: audit.append(audit_record(event, flow, fields))
                   if _audited(event, fields) else None)
@@ -231,6 +235,8 @@ async def run_daemon(path: str) -> int:
         except asyncio.TimeoutError:
             log.error("audit log %s: %d event(s) could not be written before exit",
                       config.audit.path, audit.pending)
+        if sinks is not None:
+            sinks.stop(drain_s=SINK_DRAIN_TIMEOUT)
     return 0
 
 

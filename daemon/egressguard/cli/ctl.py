@@ -7,7 +7,7 @@
     egressctl [--socket PATH] flows [--since 1h] [--provider ID] [--host NAME] [--json]
     egressctl [--socket PATH] usage [--by process|destination|provider|class|user] [--since 24h]
                                     [--json]
-    egressctl audit verify FILE
+    egressctl audit verify FILE        (FILE and its rotated segments FILE.<seq>)
 
 The daemon knows who you are from the socket's peer credentials; nothing here sends a user
 name. Errors are one line on stderr. Exit codes: 0 ok; 1 refused by the daemon (decision
@@ -333,21 +333,26 @@ def cmd_flows(args: argparse.Namespace, client: Client) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check the hash chain of an audit log (no daemon needed)."""
     try:
-        from egressguard.audit.verify import verify
+        from egressguard.audit.verify import verify_set
     except ImportError as e:
         raise CtlError(f"audit verify is not available in this installation: {e}", EXIT_USAGE)
     if not os.path.exists(args.file):
         raise CtlError(f"no such file: {args.file}", EXIT_USAGE)
-    result = verify(args.file)
+    result = verify_set(args.file)         # the file and its rotated segments, one chain
     if result.ok:
-        print(f"OK: {result.events} events, chain intact"
-              + (" (the file is empty)" if result.events == 0 else ""))
+        if result.message.startswith(f"{result.events} events in "):
+            print(f"OK: {result.message.split(';')[0]}")
+        else:
+            print(f"OK: {result.events} events, chain intact"
+                  + (" (the file is empty)" if result.events == 0 else ""))
         return EXIT_OK
     message = result.message
     prefix = f"line {result.line}: "
     if message.startswith(prefix):          # verify() names the line itself; say it once
         message = message[len(prefix):]
-    print(printable(f"TAMPERED: line {result.line}: {message}"))
+    file = getattr(result, "file", None)
+    where = f"{file}: " if file and file != args.file else ""
+    print(printable(f"TAMPERED: {where}line {result.line}: {message}"))
     return EXIT_REFUSED
 
 
