@@ -29,6 +29,7 @@ bench: install
 	$(PY) bench/proxy.py
 	$(PY) bench/tls.py
 	$(PY) bench/sinks.py
+	$(PY) bench/approvals.py
 
 proto: install
 	$(PY) -m egressguard.approvals.gen_proto

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field as dc_field
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
+from egressguard.approvals.settings import (SETTINGS_KEYS, ApprovalSettings, check_quorum_fits,
+                                            parse_quorum, parse_settings)
 from egressguard.errors import ConfigError, ConfigIssue
 from egressguard.ledger.config import LedgerConfig, parse_ledger
 from egressguard.tls.config import TlsConfig, parse_tls
@@ -65,8 +67,9 @@ class ProxyConfig:
 class ApprovalsConfig:
     socket: str = "/run/egressguard/approvals.sock"
     approvers: tuple[UserRef, ...] = ()
-    timeout: float = 120.0                        # seconds
+    timeout: float = 120.0                        # seconds: the inline wait (inline_wait)
     on_timeout: str = "deny"                      # deny | allow
+    team: ApprovalSettings = ApprovalSettings()   # request TTL, grants, identities, mTLS, chat
 
     @property
     def approver_uids(self) -> frozenset[int]:
@@ -242,10 +245,11 @@ TOP_KEYS = ("scope", "proxy", "approvals", "audit", "state_dir", "default_action
             "rules", "tls", "ledger")
 PROXY_KEYS = ("listen", "listen6", "bypass", "udp", "dns_ports", "mark", "sniff_timeout",
               "max_held_bytes")
-APPROVAL_KEYS = ("socket", "approvers", "timeout", "on_timeout")
+APPROVAL_KEYS = ("socket", "approvers", "timeout", "on_timeout") + SETTINGS_KEYS
 DETECTOR_KEYS = ("packs", "custom", "disable")
 CUSTOM_KEYS = ("id", "class", "pattern", "validator", "severity", "max_width")
-RULE_KEYS = ("name", "process", "destination", "detected", "action", "reason", "request")
+RULE_KEYS = ("name", "process", "destination", "detected", "action", "reason", "approvals",
+             "request")
 PROCESS_KEYS = ("exe", "comm", "user", "unit", "cgroup")
 DEST_KEYS = ("cidr", "port", "host", "provider", "alpn")
 
@@ -335,8 +339,10 @@ def _approvals(c: "_Checker", node: YNode | None) -> ApprovalsConfig:
     timeout = c.duration(m["timeout"], "approvals.timeout") if "timeout" in m else None
     on_timeout = c.choice(m["on_timeout"], "approvals.on_timeout", ("deny", "allow")) \
         if "on_timeout" in m else None
+    team = parse_settings(c, m)
     return ApprovalsConfig(socket=socket or d.socket, approvers=approvers,
-                           timeout=timeout or d.timeout, on_timeout=on_timeout or d.on_timeout)
+                           timeout=team.inline_wait or timeout or d.timeout,
+                           on_timeout=on_timeout or d.on_timeout, team=team)
 
 
 def _audit(c: "_Checker", node: YNode | None) -> AuditConfig:
@@ -514,6 +520,11 @@ def _rule(c: "_Checker", node: YNode, f: str, names: dict[str, int]) -> RuleSpec
     reason = ""
     if "reason" in m:
         reason = c.string(m["reason"], f"{f}.reason") or ""
+    quorum = parse_quorum(c, m["approvals"], f"{f}.approvals") if "approvals" in m else None
+    if quorum is not None and action is not None and action is not Action.HOLD:
+        c.issue(m["approvals"].line, f"{f}.approvals",
+                "only a hold rule has approvals (this rule's action is "
+                f"{action.value})")
     request = None
     if "request" in m:
         from egressguard.catalog.conditions import parse_request_cond
@@ -528,7 +539,8 @@ def _rule(c: "_Checker", node: YNode, f: str, names: dict[str, int]) -> RuleSpec
     if not ok or action is None:
         return None
     return RuleSpec(name=name, action=action, process=process, destination=dest,
-                    detected=detected, reason=reason, line=node.line, request=request)
+                    detected=detected, reason=reason, line=node.line, approvals=quorum,
+                    request=request)
 
 
 def _process_cond(c: "_Checker", node: YNode, f: str) -> ProcessCond | None:
@@ -586,6 +598,10 @@ def _cross_checks(c: "_Checker", top: dict[str, YNode],
         line = top["approvals"].line if "approvals" in top else holds[0]
         c.issue(line, "approvals.approvers",
                 "the policy holds flows but nobody may approve them: list approvers")
+    for i, r, n in rules:
+        if r.approvals is not None:
+            check_quorum_fits(c, n.line, f"rules[{i}].approvals", r.approvals,
+                              len({a.uid for a in approvals.approvers}))
 
 
 def _check_detector_refs(c: "_Checker", known: DetectorHook, detectors: DetectorsConfig,

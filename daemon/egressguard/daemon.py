@@ -93,8 +93,8 @@ def load_everything(path: str) -> Loaded:
 
 async def run_daemon(path: str) -> int:
     """`egressguard run`: returns the exit code."""
-    from egressguard.approvals.holds import HoldRegistry
     from egressguard.approvals.service import start_approval_server
+    from egressguard.approvals.wiring import build_registry, start_channels
     from egressguard.audit.keys import load_or_create_key
     from egressguard.audit.sinks.runner import start_sinks
     from egressguard.audit.writer import AuditLog
@@ -139,11 +139,9 @@ async def run_daemon(path: str) -> int:
         rest = {k: v for k, v in fields.items() if k not in ("flow_id", "process", "destination")}
         bus.emit(kind, flow, rest) if flow else bus.emit(kind, None, dict(fields))
 
-    # Approver names were resolved to uids when the policy was loaded: decide by uid.
-    registry = HoldRegistry([f"uid:{ref.uid}" for ref in config.approvals.approvers],
-                            config.approvals.timeout,
-                            config.approvals.on_timeout, on_hold_event,
-                            redact=lambda text: redact_args(loaded.engine, [text])[0])
+    # approvals.db under state_dir; reasons are scanned like a command line before they are kept
+    registry = build_registry(config, on_hold_event,
+                              redact=lambda text: redact_args(loaded.engine, [text])[0])
 
     from egressguard.kernel.probes import GuardProbes
     probes = GuardProbes(
@@ -182,9 +180,12 @@ async def run_daemon(path: str) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     server = None
+    channels = None
     attached = False
     poller: asyncio.Task[None] | None = None
     try:
+        registry.start()             # resume stored requests and grants (audited)
+        channels = await start_channels(config, registry, proxy.all_flows, on_hold_event)
         try:
             server = await start_approval_server(config.approvals.socket, registry,
                                                  proxy.all_flows, mark=config.proxy.mark,
@@ -228,6 +229,8 @@ async def run_daemon(path: str) -> int:
         await proxy.stop()
         if server is not None:
             await server.stop()
+        if channels is not None:
+            await channels.stop()
         bus.emit("daemon.stop", None, {"pid": os.getpid()})
         inspection.close()
         try:

@@ -64,4 +64,5 @@ def _flow(r: dict[str, Any]) -> pb.LedgerFlow:
 async def _require(path: str | None, context: grpc.aio.ServicerContext) -> None:
     if not path:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                            "the data usage ledger is not enabled on this daemon")
+                            "the data usage ledger is not served on this channel: use the "
+                            "local approvals socket")

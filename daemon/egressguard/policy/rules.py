@@ -22,7 +22,7 @@ import fnmatch
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from egressguard.model import Action, Destination, Detection, Process
 
@@ -82,6 +82,7 @@ class RuleSpec:
     detected: tuple[str, ...] | None = None
     reason: str = ""
     line: int = 0           # line of the rule in the config file, for messages
+    approvals: Any = None   # approvals.quorum.QuorumSpec: this hold rule's approvers/quorum
     request: RequestCond | None = None   # a request rule: decided per intercepted request
 
     @property
