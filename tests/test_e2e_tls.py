@@ -30,6 +30,7 @@ pytestmark = pytest.mark.kernel
 
 AGENT = str(Path(__file__).parent / "tools" / "tls_agent.py")
 AWS_KEY_ID = "AKIA" + "Q4RZ7MXV" + "2LKJ3HNP"
+AWS_KEY_ID_2 = "AKIA" + "W3NB8TQC" + "6PZR4YDK"     # another key: not an identical retry
 EMAIL = "mary.major" + "@" + "corp-example.org"
 
 HOSTS = {  # SNI -> loopback stand-in
@@ -195,8 +196,8 @@ def test_gzip_body_with_secret_is_caught(world: dict) -> None:
 
 def test_chunked_upload_with_secret_split_across_chunks_is_caught(world: dict) -> None:
     host, server = world["host"], world["servers"]["api.groq.com"]
-    text = chat(f"config: key={AWS_KEY_ID} end")
-    cut = text.find(AWS_KEY_ID.encode()) + 9          # the key spans two chunks
+    text = chat(f"config: key={AWS_KEY_ID_2} end")
+    cut = text.find(AWS_KEY_ID_2.encode()) + 9          # the key spans two chunks
     chunks = [text[:cut], text[cut:]]
     before = len(server.requests)
     req = {"method": "POST", "path": "/openai/v1/chat/completions",
@@ -205,7 +206,7 @@ def test_chunked_upload_with_secret_split_across_chunks_is_caught(world: dict) -
     proc = run_agent(world, "api.groq.com", [req], wait=False)
     hold = hold_for(host, HOSTS["api.groq.com"])
     assert any(d["detector"] == "secret.aws_access_key_id" for d in hold["detections"])
-    assert AWS_KEY_ID[9:].encode() not in server.all_data()
+    assert AWS_KEY_ID_2[9:].encode() not in server.all_data()
     assert host.egressctl("deny", hold["id"], "--reason", "no").returncode == 0
     finish(proc)
     assert len(server.requests) == before
