@@ -107,6 +107,7 @@ class Detection:
     preview: str
     fingerprint: str
     severity: str = "high"
+    confidence: str = "medium"     # low | medium | high (scan/pack.py CONFIDENCES)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +118,7 @@ class Detection:
             "preview": self.preview,
             "fingerprint": self.fingerprint,
             "severity": self.severity,
+            "confidence": self.confidence,
         }
 
 
