@@ -28,6 +28,7 @@ bench: install
 	$(PY) bench/scanner.py
 	$(PY) bench/detection.py
 	$(PY) bench/proxy.py
+	$(PY) bench/tls.py
 	$(PY) bench/load.py
 	$(PY) bench/sinks.py
 	$(PY) bench/approvals.py

@@ -138,6 +138,9 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
     metrics = GuardMetrics()
     metrics.set_policy(first_hash, config.failure_mode)
 
+    from egressguard.inspection import build_inspection
+    inspection = build_inspection(config)      # host CA, endpoint catalog, ledger
+
     audit = AuditLog(config.audit.path, rotate_bytes=config.audit.rotate_size or None)
     try:
         await audit.start()
@@ -149,9 +152,11 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
     # SIEM sinks read the written log on their own thread: they never slow enforcement.
     sinks = start_sinks(config)
     bus = EventBus()
-    bus.subscribe(lambda event, flow, fields: audit.append(audit_record(event, flow, fields)))
+    bus.subscribe(lambda event, flow, fields: audit.append(audit_record(event, flow, fields))
+                  if _audited(event, fields) else None)
     bus.subscribe(_log_event)
     bus.subscribe(metrics.on_event)
+    bus.subscribe(inspection.listener())
 
     proxy: GuardProxy | None = None
 
@@ -195,7 +200,8 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
         mark=config.proxy.mark,
         limits=ProxyLimits(max_held_bytes=config.proxy.max_held_bytes,
                            max_held_total=config.proxy.max_held_total,
-                           sniff_timeout=config.proxy.sniff_timeout))
+                           sniff_timeout=config.proxy.sniff_timeout),
+        **inspection.proxy_kwargs())
     # The configuration in force lives in `state.loaded`; a reload replaces it there.
     state = DaemonState(config_path=path, loaded=loaded, policy_hash=first_hash, proxy=proxy,
                         registry=registry, probes=probes, metrics=metrics,
@@ -240,6 +246,7 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
         try:
             server = await start_approval_server(config.approvals.socket, registry,
                                                  proxy.all_flows, mark=config.proxy.mark,
+                                                 ledger_path=inspection.ledger.path,
                                                  ops=operations)
         except OSError as exc:
             raise EnvironmentProblem(
@@ -299,6 +306,7 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
         bus.emit("daemon.stop", None, {
             "pid": os.getpid(),
             "probes": "kept" if attached and config.failure_mode == "closed" else "detached"})
+        inspection.close()
         try:
             await asyncio.wait_for(audit.close(), AUDIT_START_TIMEOUT * 3)
         except asyncio.TimeoutError:
@@ -380,8 +388,15 @@ def _udp_fields(ev: Any) -> dict[str, Any]:
                     for k, v in fields.items()}}
 
 
+def _audited(event: str, fields: dict[str, Any]) -> bool:
+    """Labels of an intercepted request without findings go to the ledger only: one audit
+    event (and fsync) per clean API call would make the log mostly noise."""
+    return event != "http.request" or bool(fields.get("fields"))
+
+
 def _log_event(event: str, flow: Any, fields: dict[str, Any]) -> None:
-    if event in ("flow.open", "flow.close") and not log.isEnabledFor(logging.DEBUG):
+    if event in ("flow.open", "flow.close", "http.request", "tls.intercept") \
+            and not log.isEnabledFor(logging.DEBUG):
         return
     fid = flow.flow_id if flow is not None else "-"
     dest = f"{flow.destination.ip}:{flow.destination.port}" if flow is not None else "-"

@@ -51,6 +51,9 @@ RESTART_ONLY: tuple[tuple[str, Callable[[Config], Any]], ...] = (
     ("audit.sinks", lambda c: c.audit.sinks),
     ("state_dir", lambda c: c.state_dir),
     ("metrics.listen", lambda c: c.metrics.listen),
+    # TLS interception (host CA, which hosts) and the ledger are built once at start.
+    ("tls", lambda c: c.tls),
+    ("ledger", lambda c: c.ledger),
 )
 
 
@@ -82,7 +85,8 @@ class ReloadResult:
 
 
 # Long, or carrying credentials (HEC tokens, webhook URLs): named, values not shown.
-_VALUES_NOT_SHOWN = ("audit.sinks", "approvals.remote", "approvals.chat", "approvals.identities")
+_VALUES_NOT_SHOWN = ("audit.sinks", "approvals.remote", "approvals.chat", "approvals.identities",
+                     "tls", "ledger")
 
 
 def restart_only_changes(old: Config, new: Config) -> list[ConfigIssue]:

@@ -38,8 +38,8 @@ def detach(path: str) -> int:
         check_environment(config.scope.cgroup)
         cgroup_path = resolve(config.scope.cgroup, cgroup2_mount())
     except EgressGuardError as exc:
-        from egressguard.cli.main import report_error
-        return report_error(exc)
+        from egressguard.cli.main import _print_error
+        return _print_error(exc)
     if _daemon_running(config.approvals.socket):
         print(f"error: egressguard is still running (it answers on {config.approvals.socket}): "
               "stop it first (systemctl stop egressguard)", file=sys.stderr)

@@ -5,6 +5,7 @@
     egressguard detach --config FILE  remove the probes a stopped daemon left attached
     egressguard scan [--config FILE] [--pack PATH]... [--json] [FILE|-]...
                                       the proxy's scanner over files; exit 1 if it finds anything
+    egressguard ca export --config FILE   print the host CA certificate (PEM) agents trust
 
 Every operator-facing failure (bad policy, missing privilege, kernel feature, headers, a port in
 use) is one clear line on stderr and exit 2: never a traceback.
@@ -41,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     detach.add_argument("--config", required=True, help="policy file (YAML)")
     from egressguard.cli import scan
     scan.add_arguments(sub.add_parser("scan", help="scan files or stdin with the detectors"))
+    ca = sub.add_parser("ca", help="the host CA used for TLS interception")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
+    export = ca_sub.add_parser("export", help="print the CA certificate (PEM); creates the CA "
+                                              "under state_dir on first use")
+    export.add_argument("--config", required=True, help="policy file (YAML)")
     return p
 
 
@@ -58,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             return scan.run(args.config, args.pack, args.json, args.files)
         except Exception as exc:  # noqa: BLE001
             return _unexpected(exc)
+    if args.command == "ca":
+        return _ca_export(args.config)
     if args.command == "detach":
         from egressguard.cli.detach import detach
         return detach(args.config)
@@ -89,6 +97,22 @@ def _check(path: str) -> int:
     return EXIT_OK
 
 
+def _ca_export(path: str) -> int:
+    from egressguard.daemon import parse_config
+    from egressguard.tls.ca import HostCA
+    try:
+        config = parse_config(path)
+        ca = HostCA(config.state_dir)
+    except EgressGuardError as exc:
+        return _print_error(exc)
+    except OSError as exc:
+        print(f"error: cannot create or read the host CA in the state directory (state_dir): "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(ca.cert_pem.decode())
+    return EXIT_OK
+
+
 def _run(path: str, level: str, fmt: str = "kv") -> int:
     from egressguard.daemon import run_daemon
     from egressguard.logfmt import setup_logging
@@ -96,17 +120,20 @@ def _run(path: str, level: str, fmt: str = "kv") -> int:
     try:
         return asyncio.run(run_daemon(path))
     except EgressGuardError as exc:
-        return report_error(exc)
+        return _print_error(exc)
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception as exc:  # noqa: BLE001
         return _unexpected(exc)
 
 
-def report_error(exc: EgressGuardError) -> int:
-    """An operator-facing failure: one `error:` line per problem, exit 2."""
-    for line in (exc.issues if isinstance(exc, ConfigError) else [exc]):
-        print(f"error: {line}", file=sys.stderr)
+def _print_error(exc: EgressGuardError) -> int:
+    """A configuration problem (every issue, one line each) or an environment problem."""
+    if isinstance(exc, ConfigError):
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+    else:
+        print(f"error: {exc}", file=sys.stderr)
     return EXIT_USAGE
 
 
