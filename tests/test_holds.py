@@ -85,7 +85,7 @@ def test_deny() -> None:
         reg.decide(hold.id, ROOT, False, "not on the allow list")
         d = await hold.wait()
         assert not d.approved and not d.timed_out and d.by_user == "root"
-        assert hold.outcome == "denied"
+        assert hold.request.outcome == "denied"
     run(scenario())
 
 
@@ -197,23 +197,27 @@ def test_double_decision_and_unknown_hold_refused() -> None:
     run(scenario())
 
 
-def test_cancel_aborts_and_later_decisions_are_refused() -> None:
+def test_detach_aborts_the_connection_but_the_request_stays_pending() -> None:
     async def scenario() -> None:
         rec = Recorder()
         reg = registry(rec=rec)
         hold = reg.open(flow(uid=1000), VERDICT, [DET])
-        d = reg.cancel(hold.id, "client closed the connection")
-        assert d is not None and not d.approved and "client closed" in d.reason
-        assert (await hold.wait()) == d
-        assert rec.events[-1][1]["outcome"] == "aborted"
-        assert reg.cancel(hold.id, "again") is None                # idempotent
-        with pytest.raises(DecisionRefused) as e:
-            reg.decide(hold.id, ROOT, True, "too late")
-        assert e.value.code == "already_decided" and "aborted" in e.value.message
+        hold.detach("client closed the connection")
+        d = await hold.wait()
+        assert d.aborted and not d.approved and "client closed" in d.reason
+        assert d.pending and d.request_id == hold.id
+        assert rec.events[-1][0] == "flow.aborted"
+        assert rec.events[-1][1]["flow_id"] == "f-1"
+        hold.detach("again")                                       # idempotent
+        assert [e for e, _ in rec.events].count("flow.aborted") == 1
+        assert [h.id for h in reg.pending()] == [hold.id]          # the request outlives it
+        assert reg.pending()[0].waiters == []
+        reg.decide(hold.id, ROOT, True, "now")                     # still decidable
+        assert reg.pending() == []
     run(scenario())
 
 
-def test_cancelled_waiter_aborts_the_hold() -> None:
+def test_cancelled_waiter_detaches_and_the_request_stays() -> None:
     async def scenario() -> None:
         reg = registry()
         hold = reg.open(flow(uid=1000), VERDICT, [DET])
@@ -222,7 +226,8 @@ def test_cancelled_waiter_aborts_the_hold() -> None:
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
-        assert reg.pending() == [] and hold.outcome == "aborted"
+        assert [h.id for h in reg.pending()] == [hold.id] and hold.request.state == "pending"
+        reg.close()
     run(scenario())
 
 
@@ -251,7 +256,7 @@ def test_subscribers_see_the_life_cycle() -> None:
         seen: list[HoldEvent] = []
         unsubscribe = reg.subscribe(seen.append)
         a = reg.open(flow(uid=1000, flow_id="f-a"), VERDICT, [DET])
-        b = reg.open(flow(uid=1000, flow_id="f-b"), VERDICT, [DET])
+        b = reg.open(flow(uid=1001, flow_id="f-b"), VERDICT, [DET])   # not identical to a
         reg.decide(a.id, ROOT, False, "no")
         await b.wait()
         unsubscribe()

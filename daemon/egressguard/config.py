@@ -27,6 +27,8 @@ from dataclasses import dataclass, field as dc_field
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
+from egressguard.approvals.settings import (SETTINGS_KEYS, ApprovalSettings, check_quorum_fits,
+                                            parse_quorum, parse_settings)
 from egressguard.errors import ConfigError, ConfigIssue
 from egressguard.model import Action
 from egressguard.policy import yamlpos
@@ -63,8 +65,9 @@ class ProxyConfig:
 class ApprovalsConfig:
     socket: str = "/run/egressguard/approvals.sock"
     approvers: tuple[UserRef, ...] = ()
-    timeout: float = 120.0                        # seconds
+    timeout: float = 120.0                        # seconds: the inline wait (inline_wait)
     on_timeout: str = "deny"                      # deny | allow
+    team: ApprovalSettings = ApprovalSettings()   # request TTL, grants, identities, mTLS, chat
 
     @property
     def approver_uids(self) -> frozenset[int]:
@@ -74,6 +77,8 @@ class ApprovalsConfig:
 @dataclass(frozen=True)
 class AuditConfig:
     path: str = "/var/log/egressguard/audit.jsonl"
+    rotate_size: int = 64 * MiB                   # bytes; 0: never rotate
+    sinks: tuple[Any, ...] = ()                   # audit.sinkconfig.SinkSpec (issue 4)
 
 
 @dataclass(frozen=True)
@@ -234,10 +239,10 @@ TOP_KEYS = ("scope", "proxy", "approvals", "audit", "state_dir", "default_action
             "rules")
 PROXY_KEYS = ("listen", "listen6", "bypass", "udp", "dns_ports", "mark", "sniff_timeout",
               "max_held_bytes")
-APPROVAL_KEYS = ("socket", "approvers", "timeout", "on_timeout")
+APPROVAL_KEYS = ("socket", "approvers", "timeout", "on_timeout") + SETTINGS_KEYS
 DETECTOR_KEYS = ("packs", "custom", "disable")
 CUSTOM_KEYS = ("id", "class", "pattern", "validator", "severity", "max_width")
-RULE_KEYS = ("name", "process", "destination", "detected", "action", "reason")
+RULE_KEYS = ("name", "process", "destination", "detected", "action", "reason", "approvals")
 PROCESS_KEYS = ("exe", "comm", "user", "unit", "cgroup")
 DEST_KEYS = ("cidr", "port", "host")
 
@@ -327,17 +332,26 @@ def _approvals(c: "_Checker", node: YNode | None) -> ApprovalsConfig:
     timeout = c.duration(m["timeout"], "approvals.timeout") if "timeout" in m else None
     on_timeout = c.choice(m["on_timeout"], "approvals.on_timeout", ("deny", "allow")) \
         if "on_timeout" in m else None
+    team = parse_settings(c, m)
     return ApprovalsConfig(socket=socket or d.socket, approvers=approvers,
-                           timeout=timeout or d.timeout, on_timeout=on_timeout or d.on_timeout)
+                           timeout=team.inline_wait or timeout or d.timeout,
+                           on_timeout=on_timeout or d.on_timeout, team=team)
 
 
 def _audit(c: "_Checker", node: YNode | None) -> AuditConfig:
+    from egressguard.audit.sinkconfig import parse_sinks
     if node is None:
         return AuditConfig()
-    m = c.mapping(node, "audit", ("path",))
-    if m is None or "path" not in m:
+    m = c.mapping(node, "audit", ("path", "rotate_size", "sinks"))
+    if m is None:
         return AuditConfig()
-    return AuditConfig(path=c.path(m["path"], "audit.path") or AuditConfig.path)
+    path = (c.path(m["path"], "audit.path") if "path" in m else None) or AuditConfig.path
+    rotate = AuditConfig.rotate_size
+    if "rotate_size" in m:
+        rotate = 0 if m["rotate_size"].value == 0 else c.size(m["rotate_size"],
+                                                               "audit.rotate_size")
+    sinks = parse_sinks(c, m["sinks"], path) if "sinks" in m else ()
+    return AuditConfig(path=path, rotate_size=rotate if rotate is not None else 0, sinks=sinks)
 
 
 def _detectors(c: "_Checker", node: YNode | None, source: str,
@@ -499,10 +513,15 @@ def _rule(c: "_Checker", node: YNode, f: str, names: dict[str, int]) -> RuleSpec
     reason = ""
     if "reason" in m:
         reason = c.string(m["reason"], f"{f}.reason") or ""
+    quorum = parse_quorum(c, m["approvals"], f"{f}.approvals") if "approvals" in m else None
+    if quorum is not None and action is not None and action is not Action.HOLD:
+        c.issue(m["approvals"].line, f"{f}.approvals",
+                "only a hold rule has approvals (this rule's action is "
+                f"{action.value})")
     if not ok or action is None:
         return None
     return RuleSpec(name=name, action=action, process=process, destination=dest,
-                    detected=detected, reason=reason, line=node.line)
+                    detected=detected, reason=reason, line=node.line, approvals=quorum)
 
 
 def _process_cond(c: "_Checker", node: YNode, f: str) -> ProcessCond | None:
@@ -556,6 +575,10 @@ def _cross_checks(c: "_Checker", top: dict[str, YNode],
         line = top["approvals"].line if "approvals" in top else holds[0]
         c.issue(line, "approvals.approvers",
                 "the policy holds flows but nobody may approve them: list approvers")
+    for i, r, n in rules:
+        if r.approvals is not None:
+            check_quorum_fits(c, n.line, f"rules[{i}].approvals", r.approvals,
+                              len({a.uid for a in approvals.approvers}))
 
 
 def _check_detector_refs(c: "_Checker", known: DetectorHook, detectors: DetectorsConfig,

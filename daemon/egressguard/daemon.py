@@ -33,6 +33,7 @@ from egressguard.scan.redact import redact_args
 log = logging.getLogger("egressguard.daemon")
 
 AUDIT_START_TIMEOUT = 10.0     # seconds for the first audit events to reach the disk
+SINK_DRAIN_TIMEOUT = 3.0       # seconds healthy sinks get to ship the last events at stop
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,10 @@ def load_everything(path: str) -> Loaded:
 
 async def run_daemon(path: str) -> int:
     """`egressguard run`: returns the exit code."""
-    from egressguard.approvals.holds import HoldRegistry
     from egressguard.approvals.service import start_approval_server
+    from egressguard.approvals.wiring import build_registry, start_channels
     from egressguard.audit.keys import load_or_create_key
+    from egressguard.audit.sinks.runner import start_sinks
     from egressguard.audit.writer import AuditLog
     from egressguard.kernel.cgroup import cgroup2_mount
     from egressguard.kernel.identity import process_identity
@@ -111,7 +113,7 @@ async def run_daemon(path: str) -> int:
     loaded = compile_config(config, key)
     mount = cgroup2_mount()
 
-    audit = AuditLog(config.audit.path)
+    audit = AuditLog(config.audit.path, rotate_bytes=config.audit.rotate_size or None)
     try:
         await audit.start()
     except OSError as exc:
@@ -119,6 +121,8 @@ async def run_daemon(path: str) -> int:
         # under a regular file) fails with a bare OSError, which must not become a traceback.
         raise EnvironmentProblem(_path_problem("audit log", "audit.path", config.audit.path,
                                                exc)) from None
+    # SIEM sinks read the written log on their own thread: they never slow enforcement.
+    sinks = start_sinks(config)
     bus = EventBus()
     bus.subscribe(lambda event, flow, fields: audit.append(audit_record(event, flow, fields)))
     bus.subscribe(_log_event)
@@ -130,11 +134,9 @@ async def run_daemon(path: str) -> int:
         rest = {k: v for k, v in fields.items() if k not in ("flow_id", "process", "destination")}
         bus.emit(kind, flow, rest) if flow else bus.emit(kind, None, dict(fields))
 
-    # Approver names were resolved to uids when the policy was loaded: decide by uid.
-    registry = HoldRegistry([f"uid:{ref.uid}" for ref in config.approvals.approvers],
-                            config.approvals.timeout,
-                            config.approvals.on_timeout, on_hold_event,
-                            redact=lambda text: redact_args(loaded.engine, [text])[0])
+    # approvals.db under state_dir; reasons are scanned like a command line before they are kept
+    registry = build_registry(config, on_hold_event,
+                              redact=lambda text: redact_args(loaded.engine, [text])[0])
 
     from egressguard.kernel.probes import GuardProbes
     probes = GuardProbes(
@@ -172,9 +174,12 @@ async def run_daemon(path: str) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     server = None
+    channels = None
     attached = False
     poller: asyncio.Task[None] | None = None
     try:
+        registry.start()             # resume stored requests and grants (audited)
+        channels = await start_channels(config, registry, proxy.all_flows, on_hold_event)
         try:
             server = await start_approval_server(config.approvals.socket, registry,
                                                  proxy.all_flows, mark=config.proxy.mark)
@@ -217,12 +222,16 @@ async def run_daemon(path: str) -> int:
         await proxy.stop()
         if server is not None:
             await server.stop()
+        if channels is not None:
+            await channels.stop()
         bus.emit("daemon.stop", None, {"pid": os.getpid()})
         try:
             await asyncio.wait_for(audit.close(), AUDIT_START_TIMEOUT * 3)
         except asyncio.TimeoutError:
             log.error("audit log %s: %d event(s) could not be written before exit",
                       config.audit.path, audit.pending)
+        if sinks is not None:
+            sinks.stop(drain_s=SINK_DRAIN_TIMEOUT)
     return 0
 
 

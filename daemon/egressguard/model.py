@@ -135,6 +135,13 @@ class Decision:
     reason: str
     timed_out: bool = False
     aborted: bool = False       # the client went away or egressguard stopped: nobody decided
+    # Approvals for a team (approvals/holds.py): the request this decision belongs to, and
+    # whether that request is still pending after it (an inline wait that ran out, or one vote
+    # of a quorum). The refusal an intercepted HTTP client gets names `request_id`.
+    request_id: str = ""
+    pending: bool = False
+    scope: str = ""             # once | process-destination | process (approvals/scope.py)
+    grant_id: str = ""          # the grant that let the flow through, or that was created
 
     @property
     def outcome(self) -> str:
@@ -142,15 +149,23 @@ class Decision:
             return "expired"
         if self.aborted:
             return "aborted"
+        if self.pending:
+            return "voted"
         return "approved" if self.approved else "denied"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "outcome": self.outcome,
             "by": self.by_user if not (self.timed_out or self.aborted) else "egressguard",
             "by_uid": self.by_uid,
             "reason": self.reason,
         }
+        for key in ("request_id", "scope", "grant_id"):
+            if getattr(self, key):
+                d[key] = getattr(self, key)
+        if self.pending:
+            d["request_pending"] = True
+        return d
 
 
 @dataclass

@@ -146,7 +146,7 @@ class FlowHandler:
         self.closed = asyncio.Event()
         self.wakeup = asyncio.Event()          # relay state changed (decision, upstream ready)
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.hold_id: str | None = None
+        self.hold: Any = None                  # the approvals Waiter while held inline
         self.reset_reason: str | None = None
         self._last_data = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -342,21 +342,22 @@ class FlowHandler:
         stays held (until a decision or the hold timeout), as TCP semantics require."""
         assert self.flow is not None and self.relay is not None
         pending = self.proxy.holds.open(self.flow, cmd.verdict, list(cmd.detections))
-        self.hold_id = pending.id
+        self.hold = pending
         waiter = asyncio.ensure_future(pending.wait())
         try:
             while not waiter.done():
                 await asyncio.wait({waiter}, timeout=HOLD_PROBE_INTERVAL)
                 if not waiter.done() and self._client_reset():
-                    self.proxy.holds.cancel(pending.id, "client connection reset")
-                    self.hold_id = None
+                    # The connection is gone; the approval request stays pending (approvals/).
+                    pending.detach("client connection reset")
+                    self.hold = None
                     self.execute(self.relay.abort("client connection reset while held"))
                     return
         finally:
             if not waiter.done():
                 waiter.cancel()
         decision: Decision = waiter.result()
-        self.hold_id = None
+        self.hold = None
         self.execute(self.relay.decided(decision))
 
     def _client_reset(self) -> bool:
@@ -407,8 +408,8 @@ class FlowHandler:
             self._idle_timer.cancel()
         for handle in self._timers:
             handle.cancel()
-        if self.hold_id is not None:
-            self.proxy.holds.cancel(self.hold_id, "client connection closed")
+        if self.hold is not None:
+            self.hold.detach("client connection closed")
         for task in list(self.tasks):
             task.cancel()
         if self.u_writer is not None:

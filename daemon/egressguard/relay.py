@@ -227,6 +227,8 @@ class Relay:
         # The hold registry already audited the decision (with who decided and why).
         out: list[Command] = []
         if not decision.approved:
+            # Reset. With TLS interception (intercepted HTTP), answer
+            # approvals.refusal.http_refusal(decision) instead: a 403 naming the approval id.
             self.flow.state = FlowState.EXPIRED if decision.timed_out else FlowState.DENIED
             why = ("hold expired" if decision.timed_out else "hold aborted" if decision.aborted
                    else f"denied by {decision.by_user}")

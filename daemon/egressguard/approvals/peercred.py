@@ -77,11 +77,22 @@ class Identity:
     gid: int
     pid: int
     user: str
+    # How the caller reached us: "unix" (SO_PEERCRED), "mtls" (client certificate) or "slack"
+    # (a signed interactive callback); `principal` is the certificate name or the Slack user
+    # id that `approvals.identities` mapped to this uid. The uid is what every rule checks.
+    channel: str = "unix"
+    principal: str = ""
 
     def to_dict(self) -> dict[str, object]:
-        return {"uid": self.uid, "user": self.user, "pid": self.pid}
+        d: dict[str, object] = {"uid": self.uid, "user": self.user, "pid": self.pid}
+        if self.channel != "unix":
+            d["channel"] = self.channel
+            d["principal"] = self.principal
+        return d
 
     def __str__(self) -> str:
+        if self.channel != "unix":
+            return f"{self.user} (uid {self.uid}, {self.channel} {self.principal})"
         return f"{self.user} (uid {self.uid}, pid {self.pid})"
 
 

@@ -23,10 +23,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from egressguard.approvals._proto import approvals_pb2 as pb
 from egressguard.approvals._proto import approvals_pb2_grpc as pb_grpc
-from egressguard.approvals.holds import (ABORTED, DECIDED, EXPIRED, OPENED, DecisionRefused,
-                                         HoldEvent, HoldRegistry, PendingHold)
+from egressguard.approvals.holds import (ABORTED, DECIDED, EXPIRED, OPENED, VOTED,
+                                         DecisionRefused, HoldEvent, HoldRegistry, PendingHold,
+                                         Vote)
 from egressguard.approvals.peercred import Identity, PeerCredFrontDoor, PeerTable
-from egressguard.model import Destination, Detection, FlowInfo, Process
+from egressguard.approvals.scope import ONCE, Grant
+from egressguard.model import Decision, Destination, Detection, FlowInfo, Process
+
+# How a servicer learns who is calling: context -> Identity, or None / a message saying why not
+# (refused with UNAUTHENTICATED).
+Identify = Callable[[grpc.aio.ServicerContext], "Identity | str | None"]
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +45,24 @@ _REFUSAL_STATUS = {
     "not_approver": grpc.StatusCode.PERMISSION_DENIED,
     "self_approval": grpc.StatusCode.PERMISSION_DENIED,
     "empty_reason": grpc.StatusCode.INVALID_ARGUMENT,
+    "already_voted": grpc.StatusCode.FAILED_PRECONDITION,
+    "bad_scope": grpc.StatusCode.INVALID_ARGUMENT,
+    "bad_ttl": grpc.StatusCode.INVALID_ARGUMENT,
+    "break_glass_disabled": grpc.StatusCode.PERMISSION_DENIED,
 }
 _KIND = {
     OPENED: pb.HOLD_EVENT_KIND_OPENED,
     DECIDED: pb.HOLD_EVENT_KIND_DECIDED,
     EXPIRED: pb.HOLD_EVENT_KIND_EXPIRED,
     ABORTED: pb.HOLD_EVENT_KIND_ABORTED,
+    VOTED: pb.HOLD_EVENT_KIND_VOTED,
 }
 _OUTCOME = {
     "approved": pb.OUTCOME_APPROVED,
     "denied": pb.OUTCOME_DENIED,
     "expired": pb.OUTCOME_EXPIRED,
     "aborted": pb.OUTCOME_ABORTED,
+    "voted": pb.OUTCOME_VOTED,
 }
 _UNAUTHENTICATED = ("no identity for this connection: connect through the approvals Unix socket "
                     "(identity comes from its peer credentials)")
@@ -81,21 +93,52 @@ def hold_pb(h: PendingHold) -> pb.Hold:
                    detections=[detection_pb(d) for d in h.detections],
                    rule=h.verdict.rule, reason=h.verdict.reason, opened_at=h.opened_at,
                    age_s=h.age_s(), expires_in_s=0.0 if h.done else h.expires_in_s(),
-                   on_timeout=h.on_timeout)
+                   on_timeout=h.on_timeout, count=h.count, required=h.required,
+                   votes=[vote_pb(v) for v in h.votes.values()], state=h.state,
+                   waiting=len(h.waiters))
 
 
-def decision_pb(h: PendingHold) -> pb.Decision:
-    d = h.decision
+def vote_pb(v: Vote) -> pb.Vote:
+    return pb.Vote(uid=v.who.uid, user=v.who.user, channel=v.who.channel,
+                   principal=v.who.principal, reason=v.reason, scope=v.scope, at=v.at)
+
+
+def decision_pb(h: PendingHold, d: Decision | None = None,
+                registry: HoldRegistry | None = None) -> pb.Decision:
+    """The decision `d` (default: the request's own) on request `h`."""
+    d = d or h.decision
     assert d is not None
-    return pb.Decision(hold_id=h.id, flow_id=h.flow.flow_id, outcome=_OUTCOME[h.outcome],
-                       approved=d.approved, by_uid=d.by_uid, by_user=d.by_user,
-                       by_pid=h.decided_by_pid, reason=d.reason, decided_at=h.decided_at)
+    msg = pb.Decision(hold_id=h.id, flow_id=h.flow.flow_id, outcome=_OUTCOME[d.outcome],
+                      approved=d.approved, by_uid=d.by_uid, by_user=d.by_user,
+                      by_pid=h.decided_by_pid, reason=d.reason, decided_at=h.decided_at,
+                      scope=d.scope, grant_id=d.grant_id, votes=len(h.votes),
+                      required=h.required)
+    grant = next((g for g in registry.grants() if g.id == d.grant_id), None) \
+        if registry is not None and d.grant_id else None
+    if grant is not None:
+        msg.grant_ttl_s = grant.ttl_s
+        msg.grant_ttl_capped = grant.capped
+    return msg
 
 
 def event_pb(e: HoldEvent) -> pb.HoldEvent:
     msg = pb.HoldEvent(kind=_KIND[e.kind], hold=hold_pb(e.hold), time=e.time)
     if e.decision is not None:
-        msg.decision.CopyFrom(decision_pb(e.hold))
+        msg.decision.CopyFrom(decision_pb(e.hold, e.decision))
+    return msg
+
+
+def grant_pb(g: Grant) -> pb.Grant:
+    msg = pb.Grant(id=g.id, scope=g.scope, rule=g.rule, uid=g.process.uid, exe=g.process.exe,
+                   unit=g.process.unit, container=g.process.container, request_id=g.request_id,
+                   reason=g.reason, created_at=g.created_at, uses=g.uses,
+                   expires_in_s=max(0.0, g.deadline - time.monotonic()),
+                   approvers=[pb.Vote(uid=int(a["uid"]), user=str(a["user"]),
+                                      channel=str(a.get("channel", "unix")),
+                                      principal=str(a.get("principal", ""))) for a in g.approvers])
+    if g.destination is not None:
+        msg.destination.CopyFrom(pb.Destination(ip=g.destination.ip, port=g.destination.port,
+                                                host=g.destination.host, transport="tcp"))
     return msg
 
 
@@ -112,32 +155,43 @@ def flow_pb(f: FlowInfo) -> pb.Flow:
 
 # -- servicers ---------------------------------------------------------------------------------
 
-async def _identity(table: PeerTable, context: grpc.aio.ServicerContext) -> Identity:
-    who = table.lookup(context.peer())
-    if who is None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
-    assert who is not None
+def peer_identify(table: PeerTable) -> Identify:
+    """Identity of a call that came through the Unix-socket front door."""
+    return lambda context: table.lookup(context.peer())
+
+
+async def _identity(identify: Identify, context: grpc.aio.ServicerContext,
+                    message: str = _UNAUTHENTICATED) -> Identity:
+    who = identify(context)
+    if not isinstance(who, Identity):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, who or message)
+        raise AssertionError("unreachable")
     return who
 
 
 class ApprovalsServicer(pb_grpc.ApprovalsServicer):
-    """egressguard.v1.Approvals over a HoldRegistry and a flows provider."""
+    """egressguard.v1.Approvals over a HoldRegistry and a flows provider. `identify` is the
+    channel's identity source (SO_PEERCRED via the front door, or the mTLS certificate)."""
 
     def __init__(self, registry: HoldRegistry, flows_provider: Callable[[], list[FlowInfo]],
-                 table: PeerTable) -> None:
+                 identify: Identify, unauthenticated: str = _UNAUTHENTICATED) -> None:
         self.registry = registry
         self.flows_provider = flows_provider
-        self.table = table
+        self.identify = identify
+        self.unauthenticated = unauthenticated
+
+    async def _who(self, context: grpc.aio.ServicerContext) -> Identity:
+        return await _identity(self.identify, context, self.unauthenticated)
 
     async def ListPending(self, request: pb.ListPendingRequest,
                           context: grpc.aio.ServicerContext) -> pb.ListPendingResponse:
-        who = await _identity(self.table, context)
+        who = await self._who(context)
         return pb.ListPendingResponse(holds=[
             hold_pb(h) for h in self.registry.pending() if self.registry.may_view(who, h.owner_uid)])
 
     async def Watch(self, request: pb.WatchRequest,
                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.HoldEvent]:
-        who = await _identity(self.table, context)
+        who = await self._who(context)
         queue: asyncio.Queue[pb.HoldEvent] = asyncio.Queue(maxsize=WATCH_QUEUE)
         overflow = False
 
@@ -180,19 +234,41 @@ class ApprovalsServicer(pb_grpc.ApprovalsServicer):
 
     async def _decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext,
                       approve: bool) -> pb.DecideResponse:
-        who = await _identity(self.table, context)
+        who = await self._who(context)
         try:
-            self.registry.decide(request.hold_id, who, approve, request.reason)
+            decision = self.registry.decide(
+                request.hold_id, who, approve, request.reason, scope=request.scope or ONCE,
+                ttl_s=request.ttl_s if request.ttl_s else None,
+                break_glass=request.break_glass)
         except DecisionRefused as e:
             await context.abort(_REFUSAL_STATUS.get(e.code, grpc.StatusCode.PERMISSION_DENIED),
                                 e.message)
+            raise AssertionError("unreachable")
         hold = self.registry.get(request.hold_id)
         assert hold is not None
-        return pb.DecideResponse(decision=decision_pb(hold))
+        return pb.DecideResponse(decision=decision_pb(hold, decision, self.registry))
+
+    async def ListGrants(self, request: pb.ListGrantsRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ListGrantsResponse:
+        who = await self._who(context)
+        return pb.ListGrantsResponse(grants=[
+            grant_pb(g) for g in self.registry.grants()
+            if self.registry.may_view(who, g.process.uid)])
+
+    async def Revoke(self, request: pb.RevokeRequest,
+                     context: grpc.aio.ServicerContext) -> pb.RevokeResponse:
+        who = await self._who(context)
+        try:
+            grant = self.registry.revoke(request.grant_id, who, request.reason)
+        except DecisionRefused as e:
+            await context.abort(_REFUSAL_STATUS.get(e.code, grpc.StatusCode.PERMISSION_DENIED),
+                                e.message)
+            raise AssertionError("unreachable")
+        return pb.RevokeResponse(grant=grant_pb(grant))
 
     async def GetFlow(self, request: pb.GetFlowRequest,
                       context: grpc.aio.ServicerContext) -> pb.Flow:
-        who = await _identity(self.table, context)
+        who = await self._who(context)
         for f in self.flows_provider():
             if f.flow_id == request.flow_id and self.registry.may_view(who, f.process.uid):
                 return flow_pb(f)
@@ -202,7 +278,7 @@ class ApprovalsServicer(pb_grpc.ApprovalsServicer):
 
     async def ListFlows(self, request: pb.ListFlowsRequest,
                         context: grpc.aio.ServicerContext) -> pb.ListFlowsResponse:
-        who = await _identity(self.table, context)
+        who = await self._who(context)
         return pb.ListFlowsResponse(flows=[
             flow_pb(f) for f in self.flows_provider() if self.registry.may_view(who, f.process.uid)])
 
@@ -210,16 +286,17 @@ class ApprovalsServicer(pb_grpc.ApprovalsServicer):
 class _HealthServicer(health.aio.HealthServicer):
     """Standard health checking, behind the same identity gate as everything else."""
 
-    def __init__(self, table: PeerTable) -> None:
+    def __init__(self, identify: Identify, unauthenticated: str = _UNAUTHENTICATED) -> None:
         super().__init__()
-        self._table = table
+        self._identify = identify
+        self._unauthenticated = unauthenticated
 
     async def Check(self, request, context):  # type: ignore[no-untyped-def]
-        await _identity(self._table, context)
+        await _identity(self._identify, context, self._unauthenticated)
         return await super().Check(request, context)
 
     async def Watch(self, request, context):  # type: ignore[no-untyped-def]
-        await _identity(self._table, context)
+        await _identity(self._identify, context, self._unauthenticated)
         return await super().Watch(request, context)
 
 
@@ -255,8 +332,10 @@ async def start_approval_server(socket_path: str, registry: HoldRegistry,
     the probes exempt (proxy.mark), for the front door's internal connections."""
     table = PeerTable()
     server = grpc.aio.server()
-    pb_grpc.add_ApprovalsServicer_to_server(ApprovalsServicer(registry, flows_provider, table), server)
-    health_servicer = _HealthServicer(table)
+    identify = peer_identify(table)
+    pb_grpc.add_ApprovalsServicer_to_server(ApprovalsServicer(registry, flows_provider, identify),
+                                            server)
+    health_servicer = _HealthServicer(identify)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

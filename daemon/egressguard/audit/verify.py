@@ -23,6 +23,7 @@ import json
 import os
 from dataclasses import dataclass
 
+from egressguard.audit import segments
 from egressguard.audit.chain import GENESIS, ChainError, ChainState, canonical_json
 
 
@@ -34,19 +35,26 @@ class VerifyResult:
     message: str
     last_seq: int = 0        # of the last valid event (the writer resumes from here)
     last_hash: str = GENESIS
+    file: str | None = None  # the file of the first problem, for a rotated set
+    first_seq: int = 0       # seq of the first event checked (0: none)
 
     def __str__(self) -> str:
         return self.message
 
 
-def verify(path: str | os.PathLike[str]) -> VerifyResult:
-    """Check the whole chain in `path`. Never raises for a bad or missing file."""
-    state = ChainState()
+def verify(path: str | os.PathLike[str], start: ChainState | None = None) -> VerifyResult:
+    """Check the whole chain in `path`. Never raises for a bad or missing file.
+
+    `start` is where the chain stands before the file's first line: the genesis for a single
+    file, the last event of the previous segment for a rotated one."""
+    state = ChainState(start.seq, start.last_hash) if start else ChainState()
+    base = state.seq
     lineno = 0
 
     def bad(message: str) -> VerifyResult:
-        return VerifyResult(False, state.seq, lineno, f"line {lineno}: {message}",
-                            state.seq, state.last_hash)
+        return VerifyResult(False, state.seq - base, lineno, f"line {lineno}: {message}",
+                            state.seq, state.last_hash, os.fspath(path),
+                            base + 1 if state.seq > base else 0)
 
     try:
         f = open(path, "rb")
@@ -82,9 +90,54 @@ def verify(path: str | os.PathLike[str]) -> VerifyResult:
                 state.check(event)
             except ChainError as exc:
                 return bad(str(exc))
-    if state.seq == 0:
-        return VerifyResult(True, 0, None, "empty log")
-    return VerifyResult(True, state.seq, None,
-                        f"{state.seq} events, chain intact (seq 1..{state.seq}); "
+    if state.seq == base:
+        return VerifyResult(True, 0, None, "empty log", state.seq, state.last_hash)
+    return VerifyResult(True, state.seq - base, None,
+                        f"{state.seq - base} events, chain intact (seq {base + 1}..{state.seq}); "
                         "note: a truncated tail cannot be detected by the chain alone",
-                        state.seq, state.last_hash)
+                        state.seq, state.last_hash, None, base + 1)
+
+
+def verify_set(active_path: str | os.PathLike[str]) -> VerifyResult:
+    """Check a rotated log: every segment, oldest first, then the active file, as one chain
+    (each file's first event must link to the previous file's last one).
+
+    The oldest segment present may start after seq 1 when an operator removed older segments:
+    its first event is taken as the anchor and the message says from which seq the chain was
+    checked. Like a truncated tail, removed leading segments cannot be told apart from a log
+    that began there without an outside copy."""
+    active_path = os.fspath(active_path)
+    files = segments.log_set(active_path)
+    if len(files) == 1:
+        return verify(active_path)
+    state: ChainState | None = None
+    total = 0
+    first = files[0].first_seq or 0
+    if first > 1:
+        event = _first_event(files[0].path)
+        if event is not None and isinstance(event.get("prev_hash"), str):
+            state = ChainState(first - 1, event["prev_hash"])
+    for seg in files:
+        if seg.active and not os.path.exists(seg.path):
+            continue                # between the writer's rename and its new file
+        result = verify(seg.path, state)
+        total += result.events
+        if not result.ok:
+            return VerifyResult(False, total, result.line, result.message, result.last_seq,
+                                result.last_hash, seg.path, first)
+        state = ChainState(result.last_seq, result.last_hash)
+    assert state is not None
+    note = "" if first <= 1 else f" (older segments before seq {first} are not present)"
+    return VerifyResult(True, total, None,
+                        f"{total} events in {len(files)} files, chain intact "
+                        f"(seq {first}..{state.seq}){note}; note: a truncated tail cannot be "
+                        "detected by the chain alone", state.seq, state.last_hash, None, first)
+
+
+def _first_event(path: str) -> dict | None:
+    try:
+        with open(path, "rb") as f:
+            event = json.loads(f.readline())
+    except (OSError, ValueError):
+        return None
+    return event if isinstance(event, dict) else None

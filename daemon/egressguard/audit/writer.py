@@ -16,6 +16,12 @@ Why this shape:
   whose first event is `audit.chain_reset`, naming the old file and the verification failure.
   Appending to a broken file would make every later event unverifiable and hide the tampering.
 - An exclusive flock on the file stops two daemons from interleaving two chains in one file.
+- Rotation by size (`rotate_bytes`): after a batch leaves the active file at or above the size,
+  it is renamed to `<name>.<seq of its first event>` (audit/segments.py) and a new active file
+  starts; the chain simply continues, so the new file's first event links to the segment's
+  last. Rotation happens only between batches, so a file may exceed the size by one batch.
+  Segments are never deleted here: sinks may still be reading them, and removing them is the
+  operator's retention decision.
 - A write error (disk full, EIO) is logged and retried with backoff, forever: the events stay
   queued in memory and nothing is skipped in the chain.
 """
@@ -30,6 +36,7 @@ import os
 import time
 from typing import Any, Callable, Mapping
 
+from egressguard.audit import segments
 from egressguard.audit.chain import ChainState, encode_line, normalize, rfc3339
 from egressguard.audit.verify import verify
 from egressguard.errors import EgressGuardError
@@ -53,9 +60,13 @@ class _PartialWrite(Exception):
 class AuditLog:
     """Append-only, hash-chained JSONL audit log. See the module docstring."""
 
-    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], str] = rfc3339):
+    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], str] = rfc3339,
+                 rotate_bytes: int | None = None):
         self.path = os.fspath(path)
         self._clock = clock
+        self.rotate_bytes = rotate_bytes
+        self._file_first = 1          # seq of the first event of the active file
+        self._file_bytes = 0          # size of the active file
         self._pending: collections.deque[dict[str, Any]] = collections.deque()
         self._appended = 0            # events accepted by append()
         self._durable = 0             # events written and fsynced
@@ -156,7 +167,10 @@ class AuditLog:
                     data = await asyncio.to_thread(self._seal, batch)
                     await self._write_durably(data)
                     self._durable += n
+                    self._file_bytes += len(data)
                     self._notify()
+                    if self.rotate_bytes and self._file_bytes >= self.rotate_bytes:
+                        await self._maybe_rotate()
                 if self._closed:
                     return
         except BaseException as exc:
@@ -197,6 +211,36 @@ class AuditLog:
         except OSError as exc:
             raise _PartialWrite(written, exc) from exc
 
+    async def _maybe_rotate(self) -> None:
+        """Rotate; a failure is logged and rotation is tried again after the next batch:
+        writing events matters more than keeping files small."""
+        try:
+            await asyncio.to_thread(self._rotate)
+        except (OSError, AuditLogError) as exc:
+            log.error("audit rotation of %s failed (%s); still writing to it", self.path, exc)
+
+    def _rotate(self) -> None:
+        """Rename the full active file to its segment name and start a new one. Every event
+        of the old file is already fsynced; the rename and the new file are made durable with
+        a directory fsync. A crash in between leaves no active file, which start() handles
+        (the chain resumes from the last segment)."""
+        assert self._fd is not None
+        target = segments.segment_path(self.path, self._file_first)
+        if os.path.exists(target):
+            raise OSError(f"segment {target} already exists")
+        os.rename(self.path, target)
+        try:
+            new_fd = self._open_locked()
+        except BaseException:
+            os.rename(target, self.path)      # keep appending to the old file
+            raise
+        old, self._fd = self._fd, new_fd
+        os.close(old)
+        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        log.info("audit log rotated: %s (seq %d..%d)", target, self._file_first, self._state.seq)
+        self._file_first = self._state.seq + 1
+        self._file_bytes = 0
+
     def _notify(self) -> None:
         keep = []
         for target, fut in self._waiters:
@@ -217,11 +261,14 @@ class AuditLog:
             os.makedirs(parent, mode=0o750, exist_ok=True)
             os.chmod(parent, 0o750)      # makedirs' mode is filtered by the umask
         fd = self._open_locked()
-        result = verify(self.path)
+        start = self._last_segment_state()
+        result = verify(self.path, start)
         if result.ok:
             self._fd = fd
             self._state = ChainState(result.last_seq, result.last_hash)
-            if result.events:
+            self._file_first = result.first_seq or result.last_seq + 1
+            self._file_bytes = os.fstat(fd).st_size
+            if result.last_seq:
                 log.info("audit chain resumed at seq %d (%s)", result.last_seq, self.path)
             return None
         if result.line is None:          # could not read it at all: do not touch it
@@ -230,7 +277,13 @@ class AuditLog:
         aside = self._aside_name()
         os.rename(self.path, aside)      # still holding the lock on the old inode
         os.close(fd)
+        # Segments belong to the chain that broke: set them aside with it, so the new chain's
+        # segment names (from seq 1 again) never collide with them.
+        old_segments = segments.rotated(self.path)
+        for seg in old_segments:
+            os.rename(seg.path, f"{aside}.{seg.first_seq:0{segments.SEQ_DIGITS}d}")
         self._fd = self._open_locked()
+        self._file_first, self._file_bytes = 1, 0
         _fsync_dir(parent)
         log.error("audit log %s failed verification (%s); set aside as %s, new chain started",
                   self.path, result.message, aside)
@@ -241,7 +294,22 @@ class AuditLog:
             "previous_valid_events": result.events,
             "previous_last_hash": result.last_hash,
             "bad_line": result.line,
+            "previous_segments": len(old_segments),
         }
+
+    def _last_segment_state(self) -> ChainState | None:
+        """Where the chain stands at the end of the newest rotated segment (None: no
+        segments, the active file starts at the genesis). Segments were verified while they
+        were the active file; only the link to the newest one is re-checked here (by verifying
+        the active file from it)."""
+        rotated = segments.rotated(self.path)
+        if not rotated:
+            return None
+        last = segments.last_event(rotated[-1].path)
+        if last is None or not isinstance(last.get("seq"), int) \
+                or not isinstance(last.get("hash"), str):
+            return None                  # the active file will then fail and be set aside
+        return ChainState(last["seq"], last["hash"])
 
     def _open_locked(self) -> int:
         created = not os.path.exists(self.path)

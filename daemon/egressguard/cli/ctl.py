@@ -1,16 +1,21 @@
 """egressctl: see and decide held flows, list flows, verify the audit log.
 
     egressctl [--socket PATH] pending [--json]
-    egressctl [--socket PATH] approve HOLD_ID --reason TEXT
+    egressctl [--socket PATH] approve HOLD_ID --reason TEXT [--scope once|process-destination|process]
+                                      [--ttl 15m] [--break-glass]
     egressctl [--socket PATH] deny HOLD_ID --reason TEXT
     egressctl [--socket PATH] watch [--json]
     egressctl [--socket PATH] flows [--json]
-    egressctl audit verify FILE
+    egressctl [--socket PATH] grants [--json]
+    egressctl [--socket PATH] revoke GRANT_ID --reason TEXT
+    egressctl --server HOST:PORT --cert FILE --key FILE --ca FILE ...   (remote, mutual TLS)
+    egressctl audit verify FILE        (FILE and its rotated segments FILE.<seq>)
 
-The daemon knows who you are from the socket's peer credentials; nothing here sends a user
-name. Errors are one line on stderr. Exit codes: 0 ok; 1 refused by the daemon (decision
-refused, not found, not allowed) or audit log tampered; 2 usage or local error; 3 the daemon
-cannot be reached (not running, socket missing, no permission on the socket).
+The daemon knows who you are from the socket's peer credentials, or, with --server, from
+your client certificate (mapped by approvals.identities); nothing here sends a user name.
+Errors are one line on stderr. Exit codes: 0 ok; 1 refused by the daemon (decision refused,
+not found, not allowed) or audit log tampered; 2 usage or local error; 3 the daemon cannot be
+reached (not running, socket missing, no permission on the socket).
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ def _unreachable(path: str, detail: str = "") -> CtlError:
 class Client:
     """A thin wrapper over the generated stub that turns gRPC errors into CtlError."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, tls: tuple[str, bytes, bytes, bytes] | None = None) -> None:
         import grpc  # imported here so `egressctl audit verify` works without a daemon
 
         from egressguard.approvals._proto import approvals_pb2 as pb
@@ -80,7 +85,15 @@ class Client:
         self.grpc = grpc
         self.pb = pb
         self.path = path
-        self.channel = grpc.insecure_channel("unix:" + os.path.abspath(path))
+        self.remote = tls is not None
+        if tls is not None:
+            server, cert, key, ca = tls
+            self.path = server
+            creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
+                                                 certificate_chain=cert)
+            self.channel = grpc.secure_channel(server, creds)
+        else:
+            self.channel = grpc.insecure_channel("unix:" + os.path.abspath(path))
         self.stub = pb_grpc.ApprovalsStub(self.channel)
 
     def close(self) -> None:
@@ -92,7 +105,12 @@ class Client:
         details = (e.details() if hasattr(e, "details") else "") or str(code)
         sc = self.grpc.StatusCode
         if code == sc.UNAVAILABLE:
+            if self.remote:
+                return CtlError(f"cannot reach egressguard at {self.path} over mutual TLS: "
+                                f"{details}", EXIT_UNREACHABLE)
             return _unreachable(self.path, details)
+        if code == sc.UNAUTHENTICATED:
+            return CtlError(details, EXIT_REFUSED)
         if code == sc.DEADLINE_EXCEEDED:
             return CtlError(f"egressguard did not answer within {RPC_TIMEOUT_S:g}s on {self.path}",
                             EXIT_UNREACHABLE)
@@ -138,18 +156,38 @@ def hold_json(h: Any) -> dict[str, Any]:
         "expires_in_s": round(h.expires_in_s, 3),
         "on_timeout": h.on_timeout,
         "opened_at": h.opened_at,
+        "count": h.count,
+        "required": h.required,
+        "votes": [vote_json(v) for v in h.votes],
+        "state": h.state,
+        "waiting": h.waiting,
     }
 
 
-_OUTCOME_NAMES = {1: "approved", 2: "denied", 3: "expired", 4: "aborted"}
-_KIND_NAMES = {1: "opened", 2: "decided", 3: "expired", 4: "aborted"}
+def vote_json(v: Any) -> dict[str, Any]:
+    return {"uid": v.uid, "user": v.user, "channel": v.channel, "principal": v.principal,
+            "reason": v.reason, "scope": v.scope, "at": v.at}
+
+
+def grant_json(g: Any) -> dict[str, Any]:
+    return {"id": g.id, "scope": g.scope, "rule": g.rule,
+            "process": {"uid": g.uid, "exe": g.exe, "unit": g.unit, "container": g.container},
+            "destination": destination_json(g.destination) if g.HasField("destination") else None,
+            "request_id": g.request_id, "approvers": [vote_json(v) for v in g.approvers],
+            "reason": g.reason, "created_at": g.created_at,
+            "expires_in_s": round(g.expires_in_s, 3), "uses": g.uses}
+
+
+_OUTCOME_NAMES = {1: "approved", 2: "denied", 3: "expired", 4: "aborted", 5: "voted"}
+_KIND_NAMES = {1: "opened", 2: "decided", 3: "expired", 4: "aborted", 5: "voted"}
 
 
 def decision_json(d: Any) -> dict[str, Any]:
     return {"hold_id": d.hold_id, "flow_id": d.flow_id,
             "outcome": _OUTCOME_NAMES.get(d.outcome, "unknown"), "approved": d.approved,
             "by_uid": d.by_uid, "by_user": d.by_user, "by_pid": d.by_pid, "reason": d.reason,
-            "decided_at": d.decided_at}
+            "decided_at": d.decided_at, "scope": d.scope, "grant_id": d.grant_id,
+            "votes": d.votes, "required": d.required}
 
 
 def event_json(e: Any) -> dict[str, Any]:
@@ -209,15 +247,20 @@ def _why(rule: str, reason: str) -> str:
 def hold_text(h: Any) -> str:
     """A few lines per hold, readable at a glance: who, what process, where, which data, age.
     Each line is `printable()`: the held process chose much of what it shows."""
+    extra = []
+    if h.required > 1 or h.votes:
+        extra.append(f"  votes: {len(h.votes)} of {h.required}"
+                     + "".join(f"; {v.user} ({v.reason})" for v in h.votes))
     return "\n".join(printable(line) for line in [
-        f"{h.id}  held {_duration(h.age_s)}, expires in {_duration(h.expires_in_s)} "
-        f"(then {h.on_timeout})",
+        f"{h.id}  held {_duration(h.age_s)}, expires in {_duration(h.expires_in_s)}"
+        + (f", seen {h.count}x" if h.count > 1 else "")
+        + (f", {h.waiting} connection(s) waiting" if h.waiting else ", no connection waiting"),
         f"  why:   {_why(h.rule, h.reason)}",
         f"  who:   {_who(h.process)}, {_proc(h.process)}",
         f"  where: {_dest(h.destination)}",
         f"  data:  {_data(h.detections)}",
         f"  flow:  {h.flow_id}",
-    ])
+    ] + extra)
 
 
 def event_text(e: Any) -> str:
@@ -236,6 +279,9 @@ def _event_line(e: Any) -> str:
     outcome = _OUTCOME_NAMES.get(d.outcome, "unknown")
     if kind == "decided":
         return f"{when} {outcome:<7} {h.id}  by {d.by_user} (uid {d.by_uid}): {d.reason}"
+    if kind == "voted":
+        return (f"{when} voted   {h.id}  by {d.by_user} (uid {d.by_uid}): {d.reason} "
+                f"({d.votes} of {d.required})")
     if kind == "expired":
         return (f"{when} expired {h.id}  no decision in time; "
                 f"{'allowed' if d.approved else 'denied'} (on_timeout={h.on_timeout})")
@@ -262,28 +308,76 @@ def _print_json(obj: dict[str, Any]) -> None:
 
 # -- commands ----------------------------------------------------------------------------------
 
-def cmd_pending(args: argparse.Namespace, client: Client) -> int:
-    holds = client.call(client.stub.ListPending, client.pb.ListPendingRequest()).holds
-    if args.json:
-        for h in holds:
-            _print_json(hold_json(h))
-    elif not holds:
-        print("no pending holds")
+def _show(items: list[Any], as_json: bool, to_json: Callable[[Any], dict[str, Any]],
+          none: str, render: Callable[[list[Any]], str]) -> int:
+    """One JSON object per line, or text (`none` when there is nothing)."""
+    if as_json:
+        for item in items:
+            _print_json(to_json(item))
     else:
-        print("\n\n".join(hold_text(h) for h in holds))
+        print(render(items) if items else none)
     return EXIT_OK
+
+
+def cmd_pending(args: argparse.Namespace, client: Client) -> int:
+    holds = list(client.call(client.stub.ListPending, client.pb.ListPendingRequest()).holds)
+    return _show(holds, args.json, hold_json, "no pending holds",
+                 lambda hs: "\n\n".join(hold_text(h) for h in hs))
 
 
 def _decide(args: argparse.Namespace, client: Client, approve: bool) -> int:
     if not args.reason.strip():
         raise CtlError("--reason must not be empty: say why (it goes to the audit log)", EXIT_USAGE)
     request = client.pb.DecideRequest(hold_id=args.hold_id, reason=args.reason)
+    if approve:
+        request.scope = args.scope
+        request.ttl_s = args.ttl or 0.0
+        request.break_glass = args.break_glass
     method = client.stub.Approve if approve else client.stub.Deny
     d = client.call(method, request).decision
+    if d.outcome == 5:
+        print(printable(f"approval recorded for {d.hold_id} as {d.by_user} (uid {d.by_uid}): "
+                        f"{d.votes} of {d.required}; it needs another approver"))
+        return EXIT_OK
     verb = "approved" if approve else "denied"
     print(printable(f"{verb} {d.hold_id} (flow {d.flow_id}) as {d.by_user} (uid {d.by_uid}): "
                     f"{d.reason}"))
+    if d.grant_id:
+        capped = " (capped by approvals.max_grant_ttl)" if d.grant_ttl_capped else ""
+        print(printable(f"grant {d.grant_id}: scope {d.scope} for {_duration(d.grant_ttl_s)}"
+                        f"{capped}; egressctl revoke {d.grant_id} --reason TEXT ends it"))
     return EXIT_OK
+
+
+def cmd_grants(args: argparse.Namespace, client: Client) -> int:
+    grants = list(client.call(client.stub.ListGrants, client.pb.ListGrantsRequest()).grants)
+    return _show(grants, args.json, grant_json, "no grants",
+                 lambda gs: "\n".join(grant_text(g) for g in gs))
+
+
+def grant_text(g: Any) -> str:
+    where = _dest(g.destination) if g.HasField("destination") else "anywhere"
+    by = ", ".join(v.user for v in g.approvers)
+    return printable(f"{g.id}  {g.scope}  uid {g.uid} {g.exe or '?'} -> {where}  rule {g.rule}  "
+                     f"expires in {_duration(g.expires_in_s)}  used {g.uses}x  by {by}: {g.reason}")
+
+
+def cmd_revoke(args: argparse.Namespace, client: Client) -> int:
+    if not args.reason.strip():
+        raise CtlError("--reason must not be empty: say why (it goes to the audit log)", EXIT_USAGE)
+    g = client.call(client.stub.Revoke, client.pb.RevokeRequest(grant_id=args.grant_id,
+                                                                reason=args.reason)).grant
+    print(printable(f"revoked {g.id} ({g.scope}, used {g.uses}x)"))
+    return EXIT_OK
+
+
+def _ttl(text: str) -> float:
+    """argparse type for --ttl: 90s, 15m, 2h, or seconds."""
+    import re
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*", text)
+    if not m or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 90s, 15m, 2h)")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
 
 
 def cmd_approve(args: argparse.Namespace, client: Client) -> int:
@@ -315,34 +409,32 @@ def cmd_watch(args: argparse.Namespace, client: Client) -> int:
 
 def cmd_flows(args: argparse.Namespace, client: Client) -> int:
     flows = list(client.call(client.stub.ListFlows, client.pb.ListFlowsRequest()).flows)
-    if args.json:
-        for f in flows:
-            _print_json(flow_json(f))
-    elif not flows:
-        print("no flows")
-    else:
-        print(flows_table(flows))
-    return EXIT_OK
+    return _show(flows, args.json, flow_json, "no flows", flows_table)
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check the hash chain of an audit log (no daemon needed)."""
     try:
-        from egressguard.audit.verify import verify
+        from egressguard.audit.verify import verify_set
     except ImportError as e:
         raise CtlError(f"audit verify is not available in this installation: {e}", EXIT_USAGE)
     if not os.path.exists(args.file):
         raise CtlError(f"no such file: {args.file}", EXIT_USAGE)
-    result = verify(args.file)
+    result = verify_set(args.file)         # the file and its rotated segments, one chain
     if result.ok:
-        print(f"OK: {result.events} events, chain intact"
-              + (" (the file is empty)" if result.events == 0 else ""))
+        if result.message.startswith(f"{result.events} events in "):
+            print(f"OK: {result.message.split(';')[0]}")
+        else:
+            print(f"OK: {result.events} events, chain intact"
+                  + (" (the file is empty)" if result.events == 0 else ""))
         return EXIT_OK
     message = result.message
     prefix = f"line {result.line}: "
     if message.startswith(prefix):          # verify() names the line itself; say it once
         message = message[len(prefix):]
-    print(printable(f"TAMPERED: line {result.line}: {message}"))
+    file = getattr(result, "file", None)
+    where = f"{file}: " if file and file != args.file else ""
+    print(printable(f"TAMPERED: {where}line {result.line}: {message}"))
     return EXIT_REFUSED
 
 
@@ -360,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
                 epilog="exit codes: 0 ok, 1 refused or tampered, 2 usage, 3 daemon unreachable")
     p.add_argument("--socket", default=os.environ.get("EGRESSCTL_SOCKET", DEFAULT_SOCKET),
                    help="approvals socket (default: $EGRESSCTL_SOCKET or %(default)s)")
+    p.add_argument("--server", metavar="HOST:PORT",
+                   help="a remote egressguard's mTLS listener (approvals.remote) instead of the "
+                        "socket; needs --cert, --key and --ca")
+    p.add_argument("--cert", metavar="FILE", help="your client certificate (PEM)")
+    p.add_argument("--key", metavar="FILE", help="its private key (PEM)")
+    p.add_argument("--ca", metavar="FILE", help="the CA that signed the daemon's certificate")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
                            parser_class=_Parser)
 
@@ -372,7 +470,26 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=verb)
         sp.add_argument("hold_id", metavar="HOLD_ID")
         sp.add_argument("--reason", required=True, help="why (required; goes to the audit log)")
+        if name == "approve":
+            sp.add_argument("--scope", default="once",
+                            choices=("once", "process-destination", "process"),
+                            help="once (default): this request only; wider scopes create a grant")
+            sp.add_argument("--ttl", type=_ttl, default=None,
+                            help="grant lifetime (default approvals.grant_ttl; capped by "
+                                 "approvals.max_grant_ttl)")
+            sp.add_argument("--break-glass", action="store_true",
+                            help="bypass the quorum (only if approvals.break_glass is true; "
+                                 "audited as critical)")
         sp.set_defaults(func=func)
+
+    sp = sub.add_parser("grants", help="list live grants")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.set_defaults(func=cmd_grants)
+
+    sp = sub.add_parser("revoke", help="end a grant now")
+    sp.add_argument("grant_id", metavar="GRANT_ID")
+    sp.add_argument("--reason", required=True, help="why (required; goes to the audit log)")
+    sp.set_defaults(func=cmd_revoke)
 
     sp = sub.add_parser("watch", help="stream hold events (pending ones first) until interrupted")
     sp.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -391,12 +508,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _tls(args: argparse.Namespace) -> tuple[str, bytes, bytes, bytes] | None:
+    """--server and its three files, read now so a missing file is a clear local error."""
+    given = [n for n in ("cert", "key", "ca") if getattr(args, n)]
+    if not args.server:
+        if given:
+            raise CtlError(f"--{given[0]} needs --server HOST:PORT", EXIT_USAGE)
+        return None
+    files = []
+    for name in ("cert", "key", "ca"):
+        path = getattr(args, name)
+        if not path:
+            raise CtlError(f"--server needs --{name} FILE", EXIT_USAGE)
+        try:
+            with open(path, "rb") as f:
+                files.append(f.read())
+        except OSError as e:
+            raise CtlError(f"cannot read --{name} {path}: {e.strerror or e}", EXIT_USAGE) from None
+    return args.server, files[0], files[1], files[2]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "local", False):
             return args.func(args)
-        client = Client(args.socket)
+        client = Client(args.socket, _tls(args))
         try:
             return args.func(args, client)
         finally:

@@ -22,7 +22,7 @@ import fnmatch
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from egressguard.model import Action, Destination, Detection, Process
 
@@ -72,6 +72,7 @@ class RuleSpec:
     detected: tuple[str, ...] | None = None
     reason: str = ""
     line: int = 0           # line of the rule in the config file, for messages
+    approvals: Any = None   # approvals.quorum.QuorumSpec: this hold rule's approvers/quorum
 
     @property
     def is_content_rule(self) -> bool:

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65gressguard/v1/approvals.proto\x12\x0e\x65gressguard.v1\"\xae\x01\n\x07Process\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0c\n\x04tgid\x18\x02 \x01(\x05\x12\x0b\n\x03uid\x18\x03 \x01(\x05\x12\x0b\n\x03gid\x18\x04 \x01(\x05\x12\x0c\n\x04\x63omm\x18\x05 \x01(\t\x12\x0b\n\x03\x65xe\x18\x06 \x01(\t\x12\x0f\n\x07\x63mdline\x18\x07 \x03(\t\x12\x0c\n\x04user\x18\x08 \x01(\t\x12\x0c\n\x04unit\x18\t \x01(\t\x12\x11\n\tcontainer\x18\n \x01(\t\x12\x13\n\x0b\x63group_path\x18\x0b \x01(\t\"H\n\x0b\x44\x65stination\x12\n\n\x02ip\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x11\n\ttransport\x18\x04 \x01(\t\"\x89\x01\n\tDetection\x12\x10\n\x08\x64\x65tector\x18\x01 \x01(\t\x12\x12\n\ndata_class\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\x12\x0f\n\x07preview\x18\x05 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\t\x12\x10\n\x08severity\x18\x07 \x01(\t\"7\n\x07Verdict\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x98\x02\n\x04Hold\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x66low_id\x18\x02 \x01(\t\x12(\n\x07process\x18\x03 \x01(\x0b\x32\x17.egressguard.v1.Process\x12\x30\n\x0b\x64\x65stination\x18\x04 \x01(\x0b\x32\x1b.egressguard.v1.Destination\x12-\n\ndetections\x18\x05 \x03(\x0b\x32\x19.egressguard.v1.Detection\x12\x0c\n\x04rule\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x11\n\topened_at\x18\x08 \x01(\x01\x12\r\n\x05\x61ge_s\x18\t \x01(\x01\x12\x14\n\x0c\x65xpires_in_s\x18\n \x01(\x01\x12\x12\n\non_timeout\x18\x0b \x01(\t\"\xbd\x01\n\x08\x44\x65\x63ision\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66low_id\x18\x02 \x01(\t\x12(\n\x07outcome\x18\x03 \x01(\x0e\x32\x17.egressguard.v1.Outcome\x12\x10\n\x08\x61pproved\x18\x04 \x01(\x08\x12\x0e\n\x06\x62y_uid\x18\x05 \x01(\x05\x12\x0f\n\x07\x62y_user\x18\x06 \x01(\t\x12\x0e\n\x06\x62y_pid\x18\x07 \x01(\x05\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x12\n\ndecided_at\x18\t \x01(\x01\"\x96\x01\n\tHoldEvent\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.egressguard.v1.HoldEventKind\x12\"\n\x04hold\x18\x02 \x01(\x0b\x32\x14.egressguard.v1.Hold\x12*\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0b\x32\x18.egressguard.v1.Decision\x12\x0c\n\x04time\x18\x04 \x01(\x01\"\x14\n\x12ListPendingRequest\":\n\x13ListPendingResponse\x12#\n\x05holds\x18\x01 \x03(\x0b\x32\x14.egressguard.v1.Hold\"\'\n\x0cWatchRequest\x12\x17\n\x0finclude_pending\x18\x01 \x01(\x08\"0\n\rDecideRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"<\n\x0e\x44\x65\x63ideResponse\x12*\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x18.egressguard.v1.Decision\"\x94\x02\n\x04\x46low\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12(\n\x07process\x18\x02 \x01(\x0b\x32\x17.egressguard.v1.Process\x12\x30\n\x0b\x64\x65stination\x18\x03 \x01(\x0b\x32\x1b.egressguard.v1.Destination\x12\x11\n\topened_at\x18\x04 \x01(\x01\x12\r\n\x05state\x18\x05 \x01(\t\x12(\n\x07verdict\x18\x06 \x01(\x0b\x32\x17.egressguard.v1.Verdict\x12-\n\ndetections\x18\x07 \x03(\x0b\x32\x19.egressguard.v1.Detection\x12\x10\n\x08\x62ytes_up\x18\x08 \x01(\x04\x12\x12\n\nbytes_down\x18\t \x01(\x04\"!\n\x0eGetFlowRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\"\x12\n\x10ListFlowsRequest\"8\n\x11ListFlowsResponse\x12#\n\x05\x66lows\x18\x01 \x03(\x0b\x32\x14.egressguard.v1.Flow*v\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_APPROVED\x10\x01\x12\x12\n\x0eOUTCOME_DENIED\x10\x02\x12\x13\n\x0fOUTCOME_EXPIRED\x10\x03\x12\x13\n\x0fOUTCOME_ABORTED\x10\x04*\xa3\x01\n\rHoldEventKind\x12\x1f\n\x1bHOLD_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16HOLD_EVENT_KIND_OPENED\x10\x01\x12\x1b\n\x17HOLD_EVENT_KIND_DECIDED\x10\x02\x12\x1b\n\x17HOLD_EVENT_KIND_EXPIRED\x10\x03\x12\x1b\n\x17HOLD_EVENT_KIND_ABORTED\x10\x04\x32\xcb\x03\n\tApprovals\x12V\n\x0bListPending\x12\".egressguard.v1.ListPendingRequest\x1a#.egressguard.v1.ListPendingResponse\x12\x42\n\x05Watch\x12\x1c.egressguard.v1.WatchRequest\x1a\x19.egressguard.v1.HoldEvent0\x01\x12H\n\x07\x41pprove\x12\x1d.egressguard.v1.DecideRequest\x1a\x1e.egressguard.v1.DecideResponse\x12\x45\n\x04\x44\x65ny\x12\x1d.egressguard.v1.DecideRequest\x1a\x1e.egressguard.v1.DecideResponse\x12?\n\x07GetFlow\x12\x1e.egressguard.v1.GetFlowRequest\x1a\x14.egressguard.v1.Flow\x12P\n\tListFlows\x12 .egressguard.v1.ListFlowsRequest\x1a!.egressguard.v1.ListFlowsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65gressguard/v1/approvals.proto\x12\x0e\x65gressguard.v1\"\xae\x01\n\x07Process\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0c\n\x04tgid\x18\x02 \x01(\x05\x12\x0b\n\x03uid\x18\x03 \x01(\x05\x12\x0b\n\x03gid\x18\x04 \x01(\x05\x12\x0c\n\x04\x63omm\x18\x05 \x01(\t\x12\x0b\n\x03\x65xe\x18\x06 \x01(\t\x12\x0f\n\x07\x63mdline\x18\x07 \x03(\t\x12\x0c\n\x04user\x18\x08 \x01(\t\x12\x0c\n\x04unit\x18\t \x01(\t\x12\x11\n\tcontainer\x18\n \x01(\t\x12\x13\n\x0b\x63group_path\x18\x0b \x01(\t\"H\n\x0b\x44\x65stination\x12\n\n\x02ip\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x11\n\ttransport\x18\x04 \x01(\t\"\x89\x01\n\tDetection\x12\x10\n\x08\x64\x65tector\x18\x01 \x01(\t\x12\x12\n\ndata_class\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\x12\x0f\n\x07preview\x18\x05 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\t\x12\x10\n\x08severity\x18\x07 \x01(\t\"7\n\x07Verdict\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xfe\x02\n\x04Hold\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x66low_id\x18\x02 \x01(\t\x12(\n\x07process\x18\x03 \x01(\x0b\x32\x17.egressguard.v1.Process\x12\x30\n\x0b\x64\x65stination\x18\x04 \x01(\x0b\x32\x1b.egressguard.v1.Destination\x12-\n\ndetections\x18\x05 \x03(\x0b\x32\x19.egressguard.v1.Detection\x12\x0c\n\x04rule\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x11\n\topened_at\x18\x08 \x01(\x01\x12\r\n\x05\x61ge_s\x18\t \x01(\x01\x12\x14\n\x0c\x65xpires_in_s\x18\n \x01(\x01\x12\x12\n\non_timeout\x18\x0b \x01(\t\x12\r\n\x05\x63ount\x18\x0c \x01(\r\x12\x10\n\x08required\x18\r \x01(\r\x12#\n\x05votes\x18\x0e \x03(\x0b\x32\x14.egressguard.v1.Vote\x12\r\n\x05state\x18\x0f \x01(\t\x12\x0f\n\x07waiting\x18\x10 \x01(\r\"p\n\x04Vote\x12\x0b\n\x03uid\x18\x01 \x01(\x05\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05scope\x18\x06 \x01(\t\x12\n\n\x02\x61t\x18\x07 \x01(\x01\"\xae\x02\n\x08\x44\x65\x63ision\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66low_id\x18\x02 \x01(\t\x12(\n\x07outcome\x18\x03 \x01(\x0e\x32\x17.egressguard.v1.Outcome\x12\x10\n\x08\x61pproved\x18\x04 \x01(\x08\x12\x0e\n\x06\x62y_uid\x18\x05 \x01(\x05\x12\x0f\n\x07\x62y_user\x18\x06 \x01(\t\x12\x0e\n\x06\x62y_pid\x18\x07 \x01(\x05\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x12\n\ndecided_at\x18\t \x01(\x01\x12\r\n\x05scope\x18\n \x01(\t\x12\x10\n\x08grant_id\x18\x0b \x01(\t\x12\r\n\x05votes\x18\x0c \x01(\r\x12\x10\n\x08required\x18\r \x01(\r\x12\x13\n\x0bgrant_ttl_s\x18\x0e \x01(\x01\x12\x18\n\x10grant_ttl_capped\x18\x0f \x01(\x08\"\x96\x01\n\tHoldEvent\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.egressguard.v1.HoldEventKind\x12\"\n\x04hold\x18\x02 \x01(\x0b\x32\x14.egressguard.v1.Hold\x12*\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0b\x32\x18.egressguard.v1.Decision\x12\x0c\n\x04time\x18\x04 \x01(\x01\"\x14\n\x12ListPendingRequest\":\n\x13ListPendingResponse\x12#\n\x05holds\x18\x01 \x03(\x0b\x32\x14.egressguard.v1.Hold\"\'\n\x0cWatchRequest\x12\x17\n\x0finclude_pending\x18\x01 \x01(\x08\"c\n\rDecideRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05scope\x18\x03 \x01(\t\x12\r\n\x05ttl_s\x18\x04 \x01(\x01\x12\x13\n\x0b\x62reak_glass\x18\x05 \x01(\x08\"<\n\x0e\x44\x65\x63ideResponse\x12*\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x18.egressguard.v1.Decision\"\x94\x02\n\x04\x46low\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12(\n\x07process\x18\x02 \x01(\x0b\x32\x17.egressguard.v1.Process\x12\x30\n\x0b\x64\x65stination\x18\x03 \x01(\x0b\x32\x1b.egressguard.v1.Destination\x12\x11\n\topened_at\x18\x04 \x01(\x01\x12\r\n\x05state\x18\x05 \x01(\t\x12(\n\x07verdict\x18\x06 \x01(\x0b\x32\x17.egressguard.v1.Verdict\x12-\n\ndetections\x18\x07 \x03(\x0b\x32\x19.egressguard.v1.Detection\x12\x10\n\x08\x62ytes_up\x18\x08 \x01(\x04\x12\x12\n\nbytes_down\x18\t \x01(\x04\"!\n\x0eGetFlowRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\"\x12\n\x10ListFlowsRequest\"8\n\x11ListFlowsResponse\x12#\n\x05\x66lows\x18\x01 \x03(\x0b\x32\x14.egressguard.v1.Flow\"\xa2\x02\n\x05Grant\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x04 \x01(\x05\x12\x0b\n\x03\x65xe\x18\x05 \x01(\t\x12\x0c\n\x04unit\x18\x06 \x01(\t\x12\x11\n\tcontainer\x18\x07 \x01(\t\x12\x30\n\x0b\x64\x65stination\x18\x08 \x01(\x0b\x32\x1b.egressguard.v1.Destination\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\'\n\tapprovers\x18\n \x03(\x0b\x32\x14.egressguard.v1.Vote\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x12\n\ncreated_at\x18\x0c \x01(\x01\x12\x14\n\x0c\x65xpires_in_s\x18\r \x01(\x01\x12\x0c\n\x04uses\x18\x0e \x01(\r\"\x13\n\x11ListGrantsRequest\";\n\x12ListGrantsResponse\x12%\n\x06grants\x18\x01 \x03(\x0b\x32\x15.egressguard.v1.Grant\"1\n\rRevokeRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"6\n\x0eRevokeResponse\x12$\n\x05grant\x18\x01 \x01(\x0b\x32\x15.egressguard.v1.Grant*\x89\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_APPROVED\x10\x01\x12\x12\n\x0eOUTCOME_DENIED\x10\x02\x12\x13\n\x0fOUTCOME_EXPIRED\x10\x03\x12\x13\n\x0fOUTCOME_ABORTED\x10\x04\x12\x11\n\rOUTCOME_VOTED\x10\x05*\xbe\x01\n\rHoldEventKind\x12\x1f\n\x1bHOLD_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16HOLD_EVENT_KIND_OPENED\x10\x01\x12\x1b\n\x17HOLD_EVENT_KIND_DECIDED\x10\x02\x12\x1b\n\x17HOLD_EVENT_KIND_EXPIRED\x10\x03\x12\x1b\n\x17HOLD_EVENT_KIND_ABORTED\x10\x04\x12\x19\n\x15HOLD_EVENT_KIND_VOTED\x10\x05\x32\xe9\x04\n\tApprovals\x12V\n\x0bListPending\x12\".egressguard.v1.ListPendingRequest\x1a#.egressguard.v1.ListPendingResponse\x12\x42\n\x05Watch\x12\x1c.egressguard.v1.WatchRequest\x1a\x19.egressguard.v1.HoldEvent0\x01\x12H\n\x07\x41pprove\x12\x1d.egressguard.v1.DecideRequest\x1a\x1e.egressguard.v1.DecideResponse\x12\x45\n\x04\x44\x65ny\x12\x1d.egressguard.v1.DecideRequest\x1a\x1e.egressguard.v1.DecideResponse\x12?\n\x07GetFlow\x12\x1e.egressguard.v1.GetFlowRequest\x1a\x14.egressguard.v1.Flow\x12P\n\tListFlows\x12 .egressguard.v1.ListFlowsRequest\x1a!.egressguard.v1.ListFlowsResponse\x12S\n\nListGrants\x12!.egressguard.v1.ListGrantsRequest\x1a\".egressguard.v1.ListGrantsResponse\x12G\n\x06Revoke\x12\x1d.egressguard.v1.RevokeRequest\x1a\x1e.egressguard.v1.RevokeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'egressguard.v1.approvals_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=1753
-  _globals['_OUTCOME']._serialized_end=1871
-  _globals['_HOLDEVENTKIND']._serialized_start=1874
-  _globals['_HOLDEVENTKIND']._serialized_end=2037
+  _globals['_OUTCOME']._serialized_start=2616
+  _globals['_OUTCOME']._serialized_end=2753
+  _globals['_HOLDEVENTKIND']._serialized_start=2756
+  _globals['_HOLDEVENTKIND']._serialized_end=2946
   _globals['_PROCESS']._serialized_start=51
   _globals['_PROCESS']._serialized_end=225
   _globals['_DESTINATION']._serialized_start=227
@@ -44,29 +44,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERDICT']._serialized_start=441
   _globals['_VERDICT']._serialized_end=496
   _globals['_HOLD']._serialized_start=499
-  _globals['_HOLD']._serialized_end=779
-  _globals['_DECISION']._serialized_start=782
-  _globals['_DECISION']._serialized_end=971
-  _globals['_HOLDEVENT']._serialized_start=974
-  _globals['_HOLDEVENT']._serialized_end=1124
-  _globals['_LISTPENDINGREQUEST']._serialized_start=1126
-  _globals['_LISTPENDINGREQUEST']._serialized_end=1146
-  _globals['_LISTPENDINGRESPONSE']._serialized_start=1148
-  _globals['_LISTPENDINGRESPONSE']._serialized_end=1206
-  _globals['_WATCHREQUEST']._serialized_start=1208
-  _globals['_WATCHREQUEST']._serialized_end=1247
-  _globals['_DECIDEREQUEST']._serialized_start=1249
-  _globals['_DECIDEREQUEST']._serialized_end=1297
-  _globals['_DECIDERESPONSE']._serialized_start=1299
-  _globals['_DECIDERESPONSE']._serialized_end=1359
-  _globals['_FLOW']._serialized_start=1362
-  _globals['_FLOW']._serialized_end=1638
-  _globals['_GETFLOWREQUEST']._serialized_start=1640
-  _globals['_GETFLOWREQUEST']._serialized_end=1673
-  _globals['_LISTFLOWSREQUEST']._serialized_start=1675
-  _globals['_LISTFLOWSREQUEST']._serialized_end=1693
-  _globals['_LISTFLOWSRESPONSE']._serialized_start=1695
-  _globals['_LISTFLOWSRESPONSE']._serialized_end=1751
-  _globals['_APPROVALS']._serialized_start=2040
-  _globals['_APPROVALS']._serialized_end=2499
+  _globals['_HOLD']._serialized_end=881
+  _globals['_VOTE']._serialized_start=883
+  _globals['_VOTE']._serialized_end=995
+  _globals['_DECISION']._serialized_start=998
+  _globals['_DECISION']._serialized_end=1300
+  _globals['_HOLDEVENT']._serialized_start=1303
+  _globals['_HOLDEVENT']._serialized_end=1453
+  _globals['_LISTPENDINGREQUEST']._serialized_start=1455
+  _globals['_LISTPENDINGREQUEST']._serialized_end=1475
+  _globals['_LISTPENDINGRESPONSE']._serialized_start=1477
+  _globals['_LISTPENDINGRESPONSE']._serialized_end=1535
+  _globals['_WATCHREQUEST']._serialized_start=1537
+  _globals['_WATCHREQUEST']._serialized_end=1576
+  _globals['_DECIDEREQUEST']._serialized_start=1578
+  _globals['_DECIDEREQUEST']._serialized_end=1677
+  _globals['_DECIDERESPONSE']._serialized_start=1679
+  _globals['_DECIDERESPONSE']._serialized_end=1739
+  _globals['_FLOW']._serialized_start=1742
+  _globals['_FLOW']._serialized_end=2018
+  _globals['_GETFLOWREQUEST']._serialized_start=2020
+  _globals['_GETFLOWREQUEST']._serialized_end=2053
+  _globals['_LISTFLOWSREQUEST']._serialized_start=2055
+  _globals['_LISTFLOWSREQUEST']._serialized_end=2073
+  _globals['_LISTFLOWSRESPONSE']._serialized_start=2075
+  _globals['_LISTFLOWSRESPONSE']._serialized_end=2131
+  _globals['_GRANT']._serialized_start=2134
+  _globals['_GRANT']._serialized_end=2424
+  _globals['_LISTGRANTSREQUEST']._serialized_start=2426
+  _globals['_LISTGRANTSREQUEST']._serialized_end=2445
+  _globals['_LISTGRANTSRESPONSE']._serialized_start=2447
+  _globals['_LISTGRANTSRESPONSE']._serialized_end=2506
+  _globals['_REVOKEREQUEST']._serialized_start=2508
+  _globals['_REVOKEREQUEST']._serialized_end=2557
+  _globals['_REVOKERESPONSE']._serialized_start=2559
+  _globals['_REVOKERESPONSE']._serialized_end=2613
+  _globals['_APPROVALS']._serialized_start=2949
+  _globals['_APPROVALS']._serialized_end=3566
 # @@protoc_insertion_point(module_scope)

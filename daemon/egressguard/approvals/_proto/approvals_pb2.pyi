@@ -14,6 +14,7 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTCOME_DENIED: _ClassVar[Outcome]
     OUTCOME_EXPIRED: _ClassVar[Outcome]
     OUTCOME_ABORTED: _ClassVar[Outcome]
+    OUTCOME_VOTED: _ClassVar[Outcome]
 
 class HoldEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -22,16 +23,19 @@ class HoldEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HOLD_EVENT_KIND_DECIDED: _ClassVar[HoldEventKind]
     HOLD_EVENT_KIND_EXPIRED: _ClassVar[HoldEventKind]
     HOLD_EVENT_KIND_ABORTED: _ClassVar[HoldEventKind]
+    HOLD_EVENT_KIND_VOTED: _ClassVar[HoldEventKind]
 OUTCOME_UNSPECIFIED: Outcome
 OUTCOME_APPROVED: Outcome
 OUTCOME_DENIED: Outcome
 OUTCOME_EXPIRED: Outcome
 OUTCOME_ABORTED: Outcome
+OUTCOME_VOTED: Outcome
 HOLD_EVENT_KIND_UNSPECIFIED: HoldEventKind
 HOLD_EVENT_KIND_OPENED: HoldEventKind
 HOLD_EVENT_KIND_DECIDED: HoldEventKind
 HOLD_EVENT_KIND_EXPIRED: HoldEventKind
 HOLD_EVENT_KIND_ABORTED: HoldEventKind
+HOLD_EVENT_KIND_VOTED: HoldEventKind
 
 class Process(_message.Message):
     __slots__ = ("pid", "tgid", "uid", "gid", "comm", "exe", "cmdline", "user", "unit", "container", "cgroup_path")
@@ -100,7 +104,7 @@ class Verdict(_message.Message):
     def __init__(self, action: _Optional[str] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Hold(_message.Message):
-    __slots__ = ("id", "flow_id", "process", "destination", "detections", "rule", "reason", "opened_at", "age_s", "expires_in_s", "on_timeout")
+    __slots__ = ("id", "flow_id", "process", "destination", "detections", "rule", "reason", "opened_at", "age_s", "expires_in_s", "on_timeout", "count", "required", "votes", "state", "waiting")
     ID_FIELD_NUMBER: _ClassVar[int]
     FLOW_ID_FIELD_NUMBER: _ClassVar[int]
     PROCESS_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +116,11 @@ class Hold(_message.Message):
     AGE_S_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
     ON_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    VOTES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     id: str
     flow_id: str
     process: Process
@@ -123,10 +132,33 @@ class Hold(_message.Message):
     age_s: float
     expires_in_s: float
     on_timeout: str
-    def __init__(self, id: _Optional[str] = ..., flow_id: _Optional[str] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., destination: _Optional[_Union[Destination, _Mapping]] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ..., opened_at: _Optional[float] = ..., age_s: _Optional[float] = ..., expires_in_s: _Optional[float] = ..., on_timeout: _Optional[str] = ...) -> None: ...
+    count: int
+    required: int
+    votes: _containers.RepeatedCompositeFieldContainer[Vote]
+    state: str
+    waiting: int
+    def __init__(self, id: _Optional[str] = ..., flow_id: _Optional[str] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., destination: _Optional[_Union[Destination, _Mapping]] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ..., opened_at: _Optional[float] = ..., age_s: _Optional[float] = ..., expires_in_s: _Optional[float] = ..., on_timeout: _Optional[str] = ..., count: _Optional[int] = ..., required: _Optional[int] = ..., votes: _Optional[_Iterable[_Union[Vote, _Mapping]]] = ..., state: _Optional[str] = ..., waiting: _Optional[int] = ...) -> None: ...
+
+class Vote(_message.Message):
+    __slots__ = ("uid", "user", "channel", "principal", "reason", "scope", "at")
+    UID_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    uid: int
+    user: str
+    channel: str
+    principal: str
+    reason: str
+    scope: str
+    at: float
+    def __init__(self, uid: _Optional[int] = ..., user: _Optional[str] = ..., channel: _Optional[str] = ..., principal: _Optional[str] = ..., reason: _Optional[str] = ..., scope: _Optional[str] = ..., at: _Optional[float] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("hold_id", "flow_id", "outcome", "approved", "by_uid", "by_user", "by_pid", "reason", "decided_at")
+    __slots__ = ("hold_id", "flow_id", "outcome", "approved", "by_uid", "by_user", "by_pid", "reason", "decided_at", "scope", "grant_id", "votes", "required", "grant_ttl_s", "grant_ttl_capped")
     HOLD_ID_FIELD_NUMBER: _ClassVar[int]
     FLOW_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +168,12 @@ class Decision(_message.Message):
     BY_PID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DECIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    VOTES_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    GRANT_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    GRANT_TTL_CAPPED_FIELD_NUMBER: _ClassVar[int]
     hold_id: str
     flow_id: str
     outcome: Outcome
@@ -145,7 +183,13 @@ class Decision(_message.Message):
     by_pid: int
     reason: str
     decided_at: float
-    def __init__(self, hold_id: _Optional[str] = ..., flow_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., approved: _Optional[bool] = ..., by_uid: _Optional[int] = ..., by_user: _Optional[str] = ..., by_pid: _Optional[int] = ..., reason: _Optional[str] = ..., decided_at: _Optional[float] = ...) -> None: ...
+    scope: str
+    grant_id: str
+    votes: int
+    required: int
+    grant_ttl_s: float
+    grant_ttl_capped: bool
+    def __init__(self, hold_id: _Optional[str] = ..., flow_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., approved: _Optional[bool] = ..., by_uid: _Optional[int] = ..., by_user: _Optional[str] = ..., by_pid: _Optional[int] = ..., reason: _Optional[str] = ..., decided_at: _Optional[float] = ..., scope: _Optional[str] = ..., grant_id: _Optional[str] = ..., votes: _Optional[int] = ..., required: _Optional[int] = ..., grant_ttl_s: _Optional[float] = ..., grant_ttl_capped: _Optional[bool] = ...) -> None: ...
 
 class HoldEvent(_message.Message):
     __slots__ = ("kind", "hold", "decision", "time")
@@ -176,12 +220,18 @@ class WatchRequest(_message.Message):
     def __init__(self, include_pending: _Optional[bool] = ...) -> None: ...
 
 class DecideRequest(_message.Message):
-    __slots__ = ("hold_id", "reason")
+    __slots__ = ("hold_id", "reason", "scope", "ttl_s", "break_glass")
     HOLD_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    BREAK_GLASS_FIELD_NUMBER: _ClassVar[int]
     hold_id: str
     reason: str
-    def __init__(self, hold_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    scope: str
+    ttl_s: float
+    break_glass: bool
+    def __init__(self, hold_id: _Optional[str] = ..., reason: _Optional[str] = ..., scope: _Optional[str] = ..., ttl_s: _Optional[float] = ..., break_glass: _Optional[bool] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
     __slots__ = ("decision",)
@@ -226,3 +276,59 @@ class ListFlowsResponse(_message.Message):
     FLOWS_FIELD_NUMBER: _ClassVar[int]
     flows: _containers.RepeatedCompositeFieldContainer[Flow]
     def __init__(self, flows: _Optional[_Iterable[_Union[Flow, _Mapping]]] = ...) -> None: ...
+
+class Grant(_message.Message):
+    __slots__ = ("id", "scope", "rule", "uid", "exe", "unit", "container", "destination", "request_id", "approvers", "reason", "created_at", "expires_in_s", "uses")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    EXE_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVERS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    scope: str
+    rule: str
+    uid: int
+    exe: str
+    unit: str
+    container: str
+    destination: Destination
+    request_id: str
+    approvers: _containers.RepeatedCompositeFieldContainer[Vote]
+    reason: str
+    created_at: float
+    expires_in_s: float
+    uses: int
+    def __init__(self, id: _Optional[str] = ..., scope: _Optional[str] = ..., rule: _Optional[str] = ..., uid: _Optional[int] = ..., exe: _Optional[str] = ..., unit: _Optional[str] = ..., container: _Optional[str] = ..., destination: _Optional[_Union[Destination, _Mapping]] = ..., request_id: _Optional[str] = ..., approvers: _Optional[_Iterable[_Union[Vote, _Mapping]]] = ..., reason: _Optional[str] = ..., created_at: _Optional[float] = ..., expires_in_s: _Optional[float] = ..., uses: _Optional[int] = ...) -> None: ...
+
+class ListGrantsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListGrantsResponse(_message.Message):
+    __slots__ = ("grants",)
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    grants: _containers.RepeatedCompositeFieldContainer[Grant]
+    def __init__(self, grants: _Optional[_Iterable[_Union[Grant, _Mapping]]] = ...) -> None: ...
+
+class RevokeRequest(_message.Message):
+    __slots__ = ("grant_id", "reason")
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    grant_id: str
+    reason: str
+    def __init__(self, grant_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RevokeResponse(_message.Message):
+    __slots__ = ("grant",)
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    grant: Grant
+    def __init__(self, grant: _Optional[_Union[Grant, _Mapping]] = ...) -> None: ...

@@ -64,6 +64,16 @@ class ApprovalsStub:
                 request_serializer=egressguard_dot_v1_dot_approvals__pb2.ListFlowsRequest.SerializeToString,
                 response_deserializer=egressguard_dot_v1_dot_approvals__pb2.ListFlowsResponse.FromString,
                 _registered_method=True)
+        self.ListGrants = channel.unary_unary(
+                '/egressguard.v1.Approvals/ListGrants',
+                request_serializer=egressguard_dot_v1_dot_approvals__pb2.ListGrantsRequest.SerializeToString,
+                response_deserializer=egressguard_dot_v1_dot_approvals__pb2.ListGrantsResponse.FromString,
+                _registered_method=True)
+        self.Revoke = channel.unary_unary(
+                '/egressguard.v1.Approvals/Revoke',
+                request_serializer=egressguard_dot_v1_dot_approvals__pb2.RevokeRequest.SerializeToString,
+                response_deserializer=egressguard_dot_v1_dot_approvals__pb2.RevokeResponse.FromString,
+                _registered_method=True)
 
 
 class ApprovalsServicer:
@@ -114,6 +124,20 @@ class ApprovalsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListGrants(self, request, context):
+        """Live grants (approvers only; anyone else sees the grants for their own uid).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Revoke(self, request, context):
+        """End a grant now. Approvers only; a reason is required (INVALID_ARGUMENT).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ApprovalsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +170,16 @@ def add_ApprovalsServicer_to_server(servicer, server):
                     servicer.ListFlows,
                     request_deserializer=egressguard_dot_v1_dot_approvals__pb2.ListFlowsRequest.FromString,
                     response_serializer=egressguard_dot_v1_dot_approvals__pb2.ListFlowsResponse.SerializeToString,
+            ),
+            'ListGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGrants,
+                    request_deserializer=egressguard_dot_v1_dot_approvals__pb2.ListGrantsRequest.FromString,
+                    response_serializer=egressguard_dot_v1_dot_approvals__pb2.ListGrantsResponse.SerializeToString,
+            ),
+            'Revoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revoke,
+                    request_deserializer=egressguard_dot_v1_dot_approvals__pb2.RevokeRequest.FromString,
+                    response_serializer=egressguard_dot_v1_dot_approvals__pb2.RevokeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +344,60 @@ class Approvals:
             '/egressguard.v1.Approvals/ListFlows',
             egressguard_dot_v1_dot_approvals__pb2.ListFlowsRequest.SerializeToString,
             egressguard_dot_v1_dot_approvals__pb2.ListFlowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/egressguard.v1.Approvals/ListGrants',
+            egressguard_dot_v1_dot_approvals__pb2.ListGrantsRequest.SerializeToString,
+            egressguard_dot_v1_dot_approvals__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/egressguard.v1.Approvals/Revoke',
+            egressguard_dot_v1_dot_approvals__pb2.RevokeRequest.SerializeToString,
+            egressguard_dot_v1_dot_approvals__pb2.RevokeResponse.FromString,
             options,
             channel_credentials,
             insecure,
