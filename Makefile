@@ -27,6 +27,7 @@ test-kernel: install
 bench: install
 	$(PY) bench/scanner.py
 	$(PY) bench/database.py
+	$(PY) bench/detection.py
 	$(PY) bench/proxy.py
 	$(PY) bench/sinks.py
 	$(PY) bench/approvals.py

@@ -143,6 +143,16 @@ def bench_feed(engine: ScanEngine, parts: list[bytes]) -> float:
     return time.perf_counter() - start
 
 
+def measure(engine: ScanEngine, parts: list[bytes], repeat: int) -> tuple[float, float]:
+    """Best-of-`repeat` seconds for raw Hyperscan and for our feed, runs interleaved so that
+    drift (other load on the machine) hits both alike."""
+    raw_runs, feed_runs = [], []
+    for _ in range(repeat):
+        raw_runs.append(bench_raw(engine, parts))
+        feed_runs.append(bench_feed(engine, parts))
+    return min(raw_runs), min(feed_runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=16, help="MiB of each kind of text")
@@ -159,12 +169,7 @@ def main() -> None:
     for name, data in corpora.items():
         found = len(engine.scan(data))
         for write in (16 * 1024, 64 * 1024):
-            parts = chunks(data, write)
-            raw_runs, feed_runs = [], []
-            for _ in range(args.repeat):      # interleaved, so drift hits both alike
-                raw_runs.append(bench_raw(engine, parts))
-                feed_runs.append(bench_feed(engine, parts))
-            raw, feed = min(raw_runs), min(feed_runs)
+            raw, feed = measure(engine, chunks(data, write), args.repeat)
             mb = len(data) / 1e6
             print(f"{name:8} {write // 1024:>4}Ki {mb / raw:>10.1f} {mb / feed:>10.1f} "
                   f"{raw / feed:>6.2f}   ({found} findings)")

@@ -48,4 +48,7 @@ fi
 .venv/bin/python -m pip install -q -e '.[test]'
 .venv/bin/python -c 'import bcc, hyperscan, grpc' || {
   echo "install.sh: the venv cannot import bcc/hyperscan/grpc" >&2; exit 2; }
+# gitleaks' default rules, for the importer's tests and bench/detection.py (never bundled).
+bash scripts/fetch-gitleaks-config.sh || echo "install.sh: could not fetch gitleaks' default" \
+  "config (npm); tests/test_gitleaks_import.py will fail until scripts/fetch-gitleaks-config.sh runs" >&2
 echo "install.sh: done"

@@ -131,6 +131,28 @@ def true_positives(seed: int = 1234) -> list[Sample]:
         sample("iban-de", "pii.iban", "IBAN ", "DE89 3704 0044 0532 0130 00", " BIC X"),
         sample("iban-gb", "pii.iban", "to ", "GB82WEST12345698765432", "."),
         sample("iban-fr", "pii.iban", "", "FR1420041010050500013M02606", ""),
+        sample("gcp-sa", "secret.gcp_service_account", '{"type": "service_account", "project_id": "p", "private' + '_key_id": "', rand(r, "0123456789abcdef", 40), '", "private_key": "x"}'),
+        sample("azure-storage", "secret.azure_storage_key", "DefaultEndpointsProtocol=https;AccountName=acct;Account" + "Key=", rand(r, B64, 86) + "==", ";EndpointSuffix=core.windows.net"),
+        sample("azure-sas", "secret.azure_storage_key", "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=root;SharedAccess" + "Key=", rand(r, B64, 43) + "=", "\n"),
+        sample("gitlab-pat", "secret.gitlab_token", "PRIVATE-TOKEN: ", "gl" + "pat-" + rand(r, URLSAFE, 20), "\r\n"),
+        sample("gitlab-runner", "secret.gitlab_token", "token = \"", "gl" + "rt-" + rand(r, URLSAFE, 20), "\""),
+        sample("bitbucket", "secret.bitbucket_app_password", "BITBUCKET_APP_PASSWORD=", "AT" + "BB" + rand(r, ALNUM, 32), "\n"),
+        sample("huggingface", "secret.huggingface_token", "HF_TOKEN=", "hf" + "_" + rand(r, string.ascii_letters, 34), "\n"),
+        sample("groq", "secret.groq_api_key", "Authorization: Bearer ", "gs" + "k_" + rand(r, ALNUM, 52), "\r\n"),
+        sample("cohere", "secret.cohere_api_key", "COHERE_API_KEY=", rand(r, ALNUM, 39) + "7", "\n"),
+        sample("mistral", "secret.mistral_api_key", '{"mistral_api_key": "', rand(r, ALNUM, 31) + "Q", '"}'),
+        sample("slack-webhook", "secret.slack_webhook", "POST https://", "hooks" + ".slack.com/services/T" + rand(r, string.ascii_uppercase + string.digits, 8) + "/B" + rand(r, string.ascii_uppercase + string.digits, 10) + "/" + rand(r, ALNUM, 24), " HTTP/1.1"),
+        sample("twilio", "secret.twilio_api_key", "TWILIO_API_KEY=", "S" + "K" + rand(r, "0123456789abcdef", 32), "\n"),
+        sample("sendgrid", "secret.sendgrid_api_key", "apikey: ", "S" + "G." + rand(r, URLSAFE, 22) + "." + rand(r, URLSAFE, 43), "\n"),
+        sample("itin", "pii.us_itin", "ITIN: ", "912-78-1234", "."),
+        sample("itin-spaced", "pii.us_itin", "taxpayer id ", "987 91 2345", " "),
+        sample("ipv4", "pii.ipv4_address", "client=", "203.0.113.42", " port=443"),
+        sample("ipv4-private", "pii.ipv4_address", "from ", "10.1.2.3", "\n"),
+        sample("ipv6", "pii.ipv6_address", "addr ", "2001:db8:85a3::8a2e:370:7334", " ok"),
+        sample("ipv6-full", "pii.ipv6_address", "[", "2001:0db8:0000:0000:0000:ff00:0042:8329", "]:443"),
+        sample("dob-iso", "pii.date_of_birth", "DOB: ", "1984-07-23", "\n"),
+        sample("dob-us", "pii.date_of_birth", "Date of birth ", "07/23/1984", "."),
+        sample("dob-name", "pii.date_of_birth", "she was born on ", "March 3, 1990", " in Ohio"),
     ]
     return samples
 
@@ -198,5 +220,54 @@ def false_positives(seed: int = 99) -> list[tuple[str, bytes]]:
         ("iban-unknown-country", "ZZ12 3456 7890 1234 56"),
         ("prose", "The quick brown fox jumps over the lazy dog. Version 1.2.3, 42 items, 2024-05-01."),
         ("code", "def f(x):\n    return {'a': [1, 2, 3], \"b\": x * 1000003}  # ok\n"),
+        ("aws-id-example", "aws_access_key_id = AK" + "IAIOSFODNN7EXAMPLE\n"),
+        ("aws-secret-example", "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCY" + "EXAMPLEKEY\n"),
+        ("gcp-no-id", '{"type": "service_account", "private_key_id": "' + "z" * 40 + '"}'),
+        ("azure-short-key", "AccountName=a;Account" + "Key=" + rand(r, B64, 40) + "==;"),
+        ("gitlab-short", "gl" + "pat-" + rand(r, ALNUM, 10) + " "),
+        ("gitlab-placeholder", "gl" + "pat-" + "x" * 20 + " "),
+        ("bitbucket-short", "AT" + "BB" + rand(r, ALNUM, 20) + " "),
+        ("huggingface-digits", "hf" + "_" + rand(r, ALNUM, 30) + "1234 "),
+        ("groq-short", "gs" + "k_" + rand(r, ALNUM, 40) + " "),
+        ("cohere-no-keyword", "value=" + rand(r, ALNUM, 40) + "\n"),
+        ("cohere-low-entropy", "cohere_key=" + "ab" * 20 + "\n"),
+        ("mistral-uuid", "mistral run " + "0f8fad5b-d9cb-469f-a165-70867728950e" + "\n"),
+        ("slack-webhook-docs", "https://hooks" + ".slack.com/services/XXXX/YYYY/ZZZZ"),
+        ("twilio-account-sid", "AC" + rand(r, "0123456789abcdef", 32)),
+        ("twilio-upper-hex", "S" + "K" + rand(r, "0123456789ABCDEF", 32)),
+        ("sendgrid-short", "S" + "G." + rand(r, URLSAFE, 10) + "." + rand(r, URLSAFE, 10)),
+        ("itin-bad-group", "ITIN 912-93-1234"),
+        ("itin-serial-0000", "ITIN 912-78-0000"),
+        ("ipv4-version", "version 10.2.3.4 released"),
+        ("ipv4-octet-too-big", "at 256.1.1.1 now"),
+        ("ipv4-five-parts", "oid 1.3.6.1.4.1 x"),
+        ("ipv6-cpp-scope", "std::vector<int> a::b Foo::bar"),
+        ("ipv6-time", "12:30:45 and 2024-01-01T10:20:30Z"),
+        ("ipv6-mac", "mac 00:1a:2b:3c:4d:5e"),
+        ("dob-no-keyword", "released 1984-07-23 to all users"),
+        ("dob-future", "DOB: 2199-01-01"),
+        ("dob-invalid-date", "date of birth 1984-02-31"),
+        ("dob-log-line", "2024-05-01T10:00:00Z born-again job started"),
     ]
     return [(name, text.encode()) for name, text in items]
+
+
+def streamed(engine, data: bytes, cuts: list[int]) -> list[tuple[str, int, int]]:
+    """Feed `data` cut at `cuts`, checking that nothing is reported from before the
+    safe_offset in force; returns the sorted (detector, start, end) findings."""
+    stream = engine.open_stream()
+    out, pos = [], 0
+    for cut in sorted(set(cuts)) + [len(data)]:
+        if cut <= pos:
+            continue
+        before = stream.safe_offset
+        for d in stream.feed(data[pos:cut]):
+            assert d.start >= before, (d.detector, d.start, before)
+            out.append((d.detector, d.start, d.end))
+        pos = cut
+    before = stream.safe_offset
+    for d in stream.close():
+        assert d.start >= before, (d.detector, d.start, before)
+        out.append((d.detector, d.start, d.end))
+    assert stream.safe_offset == len(data)
+    return sorted(out)

@@ -46,10 +46,15 @@ ANCHORED = frozenset({
     "secret.aws_access_key_id", "secret.github_token", "secret.openai_api_key",
     "secret.anthropic_api_key", "secret.slack_token", "secret.google_api_key",
     "secret.stripe_key", "secret.jwt", "secret.private_key",
+    "secret.gcp_service_account", "secret.azure_storage_key", "secret.gitlab_token",
+    "secret.bitbucket_app_password", "secret.huggingface_token", "secret.groq_api_key",
+    "secret.slack_webhook", "secret.sendgrid_api_key",
 })
 NON_ANCHORED = frozenset({
     "pii.email", "pii.payment_card", "pii.phone", "pii.us_ssn", "pii.iban",
     "secret.url_password", "secret.aws_secret_access_key",
+    "secret.cohere_api_key", "secret.mistral_api_key", "secret.twilio_api_key", "pii.us_itin",
+    "pii.ipv4_address", "pii.ipv6_address", "pii.date_of_birth",
 })
 ANCHOR = {s.id: anchor_length(s.pattern) for s in load_pack(None)}
 

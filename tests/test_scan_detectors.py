@@ -34,6 +34,11 @@ REQUIRED_IDS = {
     "secret.google_api_key", "secret.stripe_key", "secret.jwt", "secret.private_key",
     "secret.url_password", "pii.email", "pii.payment_card", "pii.us_ssn", "pii.phone",
     "pii.iban",
+    "secret.gcp_service_account", "secret.azure_storage_key", "secret.gitlab_token",
+    "secret.bitbucket_app_password", "secret.huggingface_token", "secret.groq_api_key",
+    "secret.cohere_api_key", "secret.mistral_api_key", "secret.slack_webhook",
+    "secret.twilio_api_key", "secret.sendgrid_api_key", "pii.us_itin", "pii.ipv4_address",
+    "pii.ipv6_address", "pii.date_of_birth",
 }
 KEY = b"test-fingerprint-key"
 TPS = true_positives()
@@ -63,7 +68,9 @@ def test_every_detector_has_true_and_false_positive_samples() -> None:
     assert covered == REQUIRED_IDS
     fp_names = {name.split("-")[0] for name, _ in FPS}
     for family in ("aws", "github", "openai", "anthropic", "slack", "google", "stripe", "jwt",
-                   "pem", "url", "email", "card", "ssn", "phone", "iban"):
+                   "pem", "url", "email", "card", "ssn", "phone", "iban", "gcp", "azure",
+                   "gitlab", "bitbucket", "huggingface", "groq", "cohere", "mistral",
+                   "twilio", "sendgrid", "itin", "ipv4", "ipv6", "dob"):
         assert family in fp_names
 
 

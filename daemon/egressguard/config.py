@@ -27,6 +27,8 @@ from dataclasses import dataclass, field as dc_field
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
+import phonenumbers
+
 from egressguard.approvals.settings import (SETTINGS_KEYS, ApprovalSettings, check_quorum_fits,
                                             parse_quorum, parse_settings)
 from egressguard.errors import ConfigError, ConfigIssue
@@ -39,6 +41,7 @@ from egressguard.policy.yamlpos import YNode
 
 MiB = 1024 * 1024
 SEVERITIES = ("low", "medium", "high", "critical")
+CONFIDENCES = ("low", "medium", "high")          # scan/pack.py CONFIDENCES
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,6 +114,8 @@ class DetectorsConfig:
     custom: tuple[CustomDetector, ...] = ()
     disable: tuple[str, ...] = ()                 # detector id globs
     source: str = ""                              # the config file, for the pack loader's issues
+    prefixes: Mapping[str, str] = dc_field(default_factory=dict, hash=False)  # path -> id prefix
+    phone_region: str = "US"                      # region for national-format phone numbers
 
     def is_disabled(self, detector_id: str) -> bool:
         return any(fnmatch.fnmatchcase(detector_id, g) for g in self.disable)
@@ -240,9 +245,11 @@ TOP_KEYS = ("scope", "proxy", "approvals", "audit", "state_dir", "default_action
 PROXY_KEYS = ("listen", "listen6", "bypass", "udp", "dns_ports", "mark", "sniff_timeout",
               "max_held_bytes")
 APPROVAL_KEYS = ("socket", "approvers", "timeout", "on_timeout") + SETTINGS_KEYS
-DETECTOR_KEYS = ("packs", "custom", "disable")
-CUSTOM_KEYS = ("id", "class", "pattern", "validator", "severity", "max_width")
-RULE_KEYS = ("name", "process", "destination", "detected", "action", "reason", "approvals")
+DETECTOR_KEYS = ("packs", "custom", "disable", "phone_region")
+CUSTOM_KEYS = ("id", "class", "pattern", "validator", "severity", "max_width", "keywords",
+               "entropy", "confidence")
+RULE_KEYS = ("name", "process", "destination", "detected", "action", "reason", "approvals",
+             "min_confidence", "severity")
 PROCESS_KEYS = ("exe", "comm", "user", "unit", "cgroup")
 DEST_KEYS = ("cidr", "port", "host")
 
@@ -365,7 +372,20 @@ def _detectors(c: "_Checker", node: YNode | None, source: str,
     if m is None:
         return DetectorsConfig(source=source), False
     packs: list[str] = []
+    prefixes: dict[str, str] = {}
     for n, f in c.items(m.get("packs"), "detectors.packs", empty_ok=True):
+        prefix = None
+        if n.kind == "map":             # {path: rules.toml, prefix: secret.acme}
+            pm = c.mapping(n, f, ("path", "prefix"))
+            if pm is None or "path" not in pm:
+                c.issue(n.line, f + ".path", "required: the pack file")
+                continue
+            if "prefix" in pm:
+                prefix = c.string(pm["prefix"], f + ".prefix")
+                if prefix is not None and not _DETECTOR_ID.match(prefix):
+                    c.issue(pm["prefix"].line, f + ".prefix",
+                            f"{prefix!r} must look like 'secret.acme' (words joined by dots)")
+            n, f = pm["path"], f + ".path"
         p = c.string(n, f)
         if p is None:
             continue
@@ -373,6 +393,8 @@ def _detectors(c: "_Checker", node: YNode | None, source: str,
         if not os.path.isfile(full):
             c.issue(n.line, f, f"no such file: {full}")
         packs.append(full)
+        if prefix:
+            prefixes[full] = prefix.lower()
     custom: list[CustomDetector] = []
     seen: dict[str, int] = {}
     for n, f in c.items(m.get("custom"), "detectors.custom", empty_ok=True):
@@ -389,7 +411,15 @@ def _detectors(c: "_Checker", node: YNode | None, source: str,
         g = c.glob(n, f)
         if g is not None:
             disable.append(g)
-    return (DetectorsConfig(tuple(packs), tuple(custom), tuple(disable), source),
+    region = "US"
+    if "phone_region" in m:
+        region = (c.string(m["phone_region"], "detectors.phone_region") or "US").upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            c.issue(m["phone_region"].line, "detectors.phone_region",
+                    f"{region!r} is not a region code (e.g. US, GB, DE)")
+            region = "US"
+    return (DetectorsConfig(tuple(packs), tuple(custom), tuple(disable), source,
+                            MappingProxyType(prefixes), region),
             len(c.issues) == before)
 
 
@@ -518,10 +548,27 @@ def _rule(c: "_Checker", node: YNode, f: str, names: dict[str, int]) -> RuleSpec
         c.issue(m["approvals"].line, f"{f}.approvals",
                 "only a hold rule has approvals (this rule's action is "
                 f"{action.value})")
+    min_confidence, severity = _finding_filters(c, m, f)
+    if (min_confidence or severity) and "detected" not in m:
+        c.issue(node.line, f"{f}.detected", "min_confidence and severity filter findings: "
+                                            "say which with `detected` (e.g. [secret, pii])")
+        ok = False
     if not ok or action is None:
         return None
     return RuleSpec(name=name, action=action, process=process, destination=dest,
-                    detected=detected, reason=reason, line=node.line, approvals=quorum)
+                    detected=detected, reason=reason, line=node.line, approvals=quorum,
+                    min_confidence=min_confidence, severity=severity)
+
+
+def _finding_filters(c: "_Checker", m: dict[str, YNode],
+                     f: str) -> tuple[str | None, tuple[str, ...]]:
+    """`min_confidence: medium` and `severity: [high, critical]` of a content rule."""
+    min_confidence = None
+    if "min_confidence" in m:
+        min_confidence = c.choice(m["min_confidence"], f"{f}.min_confidence", CONFIDENCES)
+    severity = tuple(v for v in (c.choice(n, ff, SEVERITIES) for n, ff in
+                                 c.items(m.get("severity"), f"{f}.severity")) if v)
+    return min_confidence, severity
 
 
 def _process_cond(c: "_Checker", node: YNode, f: str) -> ProcessCond | None:

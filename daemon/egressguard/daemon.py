@@ -27,7 +27,7 @@ from egressguard.policy.evaluate import Policy
 from egressguard.proxy import GuardProxy, Origin, ProxyLimits
 from egressguard.scan.engine import ScanEngine
 from egressguard.scan.mask import mask_span
-from egressguard.scan.pack import all_detectors, enabled_detectors
+from egressguard.scan.pack import all_detectors, enabled_detectors, pack_warnings
 from egressguard.scan.redact import redact_args
 
 log = logging.getLogger("egressguard.daemon")
@@ -55,7 +55,8 @@ def compile_config(config: Config, fingerprint_key: bytes) -> Loaded:
     """Compile the detectors into one Hyperscan database and the rules into a Policy."""
     detectors = enabled_detectors(config.detectors)
     try:
-        engine = ScanEngine(detectors, fingerprint_key)
+        engine = ScanEngine(detectors, fingerprint_key,
+                            phone_region=config.detectors.phone_region)
     except Exception as exc:  # noqa: BLE001 - see _engine_issues
         raise ConfigError(_engine_issues(config, detectors, exc)) from None
     return Loaded(config, Policy.from_config(config), engine)
@@ -111,6 +112,9 @@ async def run_daemon(path: str) -> int:
         raise EnvironmentProblem(_path_problem("state directory", "state_dir",
                                                config.state_dir, exc)) from None
     loaded = compile_config(config, key)
+    for skipped in pack_warnings(config.detectors):      # gitleaks rules not imported
+        log.warning("detector rule not imported file=%s line=%s rule=%s reason=%r",
+                    skipped.file, skipped.line, skipped.field, skipped.message)
     mount = cgroup2_mount()
 
     audit = AuditLog(config.audit.path, rotate_bytes=config.audit.rotate_size or None)

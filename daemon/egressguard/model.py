@@ -99,6 +99,7 @@ class Detection:
     preview: str
     fingerprint: str
     severity: str = "high"
+    confidence: str = "medium"     # low | medium | high (scan/pack.py CONFIDENCES)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +110,7 @@ class Detection:
             "preview": self.preview,
             "fingerprint": self.fingerprint,
             "severity": self.severity,
+            "confidence": self.confidence,
         }
 
 

@@ -2,6 +2,8 @@
 
     egressguard run --config FILE     foreground daemon; prints `egressguard ready` when enforcing
     egressguard check --config FILE   validate; exit 0, or 2 with every problem listed
+    egressguard scan [--config FILE] [--pack PATH]... [--json] [FILE|-]...
+                                      the proxy's scanner over files; exit 1 if it finds anything
 
 Every operator-facing failure (bad policy, missing privilege, kernel feature, headers, a port in
 use) is one clear line on stderr and exit 2: never a traceback.
@@ -31,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     check = sub.add_parser("check", help="validate a policy file and its detectors")
     check.add_argument("--config", required=True, help="policy file (YAML)")
+    from egressguard.cli import scan
+    scan.add_arguments(sub.add_parser("scan", help="scan files or stdin with the detectors"))
     return p
 
 
@@ -42,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning, message="Possible nested set")
     if args.command == "check":
         return _check(args.config)
+    if args.command == "scan":
+        from egressguard.cli import scan
+        try:
+            return scan.run(args.config, args.pack, args.json, args.files)
+        except Exception as exc:  # noqa: BLE001
+            return _unexpected(exc)
     return _run(args.config, args.log_level)
 
 
@@ -61,6 +71,10 @@ def _check(path: str) -> int:
         return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001
         return _unexpected(exc)
+    from egressguard.scan.pack import pack_warnings
+    for warning in pack_warnings(loaded.config.detectors):
+        # gitleaks rules that could not be imported: the pack works without them.
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{path}: OK ({len(loaded.config.rules)} rules, "
           f"{len(loaded.engine.detector_ids)} detectors, hold-back {loaded.engine.hold_back} bytes)")
     return EXIT_OK

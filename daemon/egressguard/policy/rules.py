@@ -29,6 +29,7 @@ from egressguard.model import Action, Destination, Detection, Process
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DETECTOR_CLASSES = frozenset({"secret", "pii"})
+CONFIDENCE_ORDER = {"low": 0, "medium": 1, "high": 2}
 _GLOB_CHARS = set("*?[")
 _HOST_CHARS = re.compile(r"^[A-Za-z0-9._*?\[\]!-]+$")
 
@@ -72,6 +73,8 @@ class RuleSpec:
     detected: tuple[str, ...] | None = None
     reason: str = ""
     line: int = 0           # line of the rule in the config file, for messages
+    min_confidence: str | None = None     # findings below this confidence do not match
+    severity: tuple[str, ...] = ()        # if given, only findings of these severities match
     approvals: Any = None   # approvals.quorum.QuorumSpec: this hold rule's approvers/quorum
 
     @property
@@ -246,7 +249,13 @@ class CompiledRule:
         return True
 
     def matches_detection(self, det: Detection) -> bool:
-        refs = self.spec.detected or ()
+        spec = self.spec
+        if spec.severity and det.severity not in spec.severity:
+            return False
+        if (spec.min_confidence is not None and CONFIDENCE_ORDER.get(det.confidence, 0)
+                < CONFIDENCE_ORDER[spec.min_confidence]):
+            return False
+        refs = spec.detected or ()
         return any(detector_ref_matches(r, det.detector, det.cls) for r in refs)
 
     def __repr__(self) -> str:

@@ -44,8 +44,10 @@ import regex
 
 from ..model import Detection
 from . import mask, validators
+from .allow import suppressed
 from .idle import anchor_length, charset
-from .pack import DetectorSpec, folds_not_after, hyperscan_expression, hyperscan_flags
+from .pack import (CONFIDENCES, DetectorSpec, folds_not_after, hyperscan_expression,
+                   hyperscan_flags)
 
 #: How many start positions are tried for one candidate end when the validator refuses the
 #: leftmost one (e.g. "12 4111 1111 1111 1111": the card starts at the second group).
@@ -69,6 +71,16 @@ class _Compiled:
     partial_re: Any                      # `regex` (?<!not_before)(?:pattern)\Z, partial=True
     chars: bytes                         # every byte a match can contain (idle pre-filter)
     anchor: int                          # length of the distinctive literal prefix (AKIA, sk-)
+    confidence: int                      # index of the base confidence in CONFIDENCES
+
+
+@dataclass(frozen=True)
+class _Span:
+    """A resolved finding: the secret's absolute span and how sure it is."""
+
+    start: int
+    end: int
+    confidence: str
 
 
 @dataclass
@@ -95,7 +107,8 @@ class ScanEngine:
             raise ValueError(f"duplicate detector ids: {', '.join(dupes)}")
         self._key = bytes(fingerprint_key)
         self._dets = [self._prepare(i, d, phone_region) for i, d in enumerate(detectors)]
-        self.detector_ids: frozenset[str] = frozenset(ids)
+        #: The ids findings can carry (alternatives of one imported rule share one).
+        self.detector_ids: frozenset[str] = frozenset(d.report_id for d in detectors)
         # A folded detector learns of a match one byte late (when the boundary byte arrives),
         # so it can still report a match ending at the current end: it reaches one byte
         # further back than its width - 1.
@@ -135,6 +148,7 @@ class ScanEngine:
             validate=validators.VALIDATORS[spec.validator] if spec.validator else None,
             params=params, partial_re=partial_re,
             chars=charset(spec.pattern, spec.caseless), anchor=anchor_length(spec.pattern),
+            confidence=CONFIDENCES.index(spec.confidence),
         )
 
     def _compile(self) -> hyperscan.Database:
@@ -193,6 +207,10 @@ class ScanStream:
         # (detector id, start) of findings reported ending exactly at the current total: an
         # anchored tail that is one of them need not be held by a final idle flush.
         self._reported_at_end: set[tuple[str, int]] = set()
+        # (detector, start, end) of spans reported recently: two candidate ends can resolve to
+        # the same secret when a detector reports a group (a value followed by an optional
+        # quote), and it must be reported once, whichever writes brought the two ends.
+        self._recent: dict[tuple[int, int, int], None] = {}
         #: Bytes before this offset can never be part of a finding reported later.
         self.safe_offset = 0
 
@@ -313,7 +331,7 @@ class ScanStream:
             complete_at_end = complete_at_end or not m.partial
             if final and not (c.anchor >= 3 and m.end() - m.start() >= c.anchor):
                 continue
-            if final and (c.spec.id, base + m.start()) in self._reported_at_end:
+            if final and (c.spec.report_id, base + m.start()) in self._reported_at_end:
                 # The whole anchored tail was reported (a request ending in a complete key):
                 # the policy has acted on it, so holding it would only stall the request. If
                 # the token goes on, the longer finding is reported (and acted on) again.
@@ -361,6 +379,10 @@ class ScanStream:
             span = self._resolve(c, end, window, window_start, grows)
             if span is None:
                 continue
+            key = (det, span.start, span.end)
+            if key in self._recent:
+                continue
+            self._recent[key] = None
             detection = self._detection(c, span, window, window_start)
             if c.spec.keep_longest:
                 self._hold(c, span, detection)
@@ -368,10 +390,19 @@ class ScanStream:
                 found.append(detection)
         found.extend(self._release(final))
         found.sort(key=lambda d: (d.start, d.end, d.detector))
+        self._forget_recent()
         return found
 
+    def _forget_recent(self) -> None:
+        """Drop remembered spans that no future candidate can resolve to again: a candidate
+        ends after the current total minus the widest lookahead, and reaches back at most the
+        retained tail, so spans ending before that can never recur."""
+        horizon = self._total - self._engine._retain
+        if self._recent and next(iter(self._recent))[2] < horizon:
+            self._recent = {k: None for k in self._recent if k[2] >= horizon}
+
     def _resolve(self, c: _Compiled, end: int, window: bytes, window_start: int,
-                 grows: bool) -> tuple[int, int] | None:
+                 grows: bool) -> _Span | None:
         """The span ending at `end` that passes boundaries and validation, or None."""
         rel_end = end - window_start
         lo = max(0, end - c.width) - window_start
@@ -394,38 +425,67 @@ class ScanStream:
         return None
 
     def _validated(self, c: _Compiled, m: re.Match[bytes] | None, window: bytes,
-                   window_start: int, end: int) -> tuple[int, int] | None:
+                   window_start: int, end: int) -> _Span | None:
+        """Every check after the regex, in the order that costs least first: the secret group,
+        keywords, entropy, the validator, allowlists. All of them look only at bytes between
+        `context_before` before the match and the match's end, so the result does not depend
+        on how the stream was split."""
         if m is None:
             return None
-        s = m.start()
+        spec = c.spec
+        s, e = m.start(), m.end()
+        gs, ge = s, e
+        if spec.secret_group is not None:
+            gs, ge = _group_span(m, spec.secret_group)
+            if gs >= ge:
+                return None
+        secret = window[gs:ge]
+        level = c.confidence
+        if spec.keywords or spec.hint_keywords:
+            near = window[max(0, s - c.context):e].lower()
+            hit = any(k in near for k in spec.keywords) or any(k in near for k in spec.hint_keywords)
+            if spec.keywords and not hit:
+                return None
+            level += hit
+        if spec.min_entropy is not None and validators.shannon_entropy(secret) < spec.min_entropy:
+            return None
+        if spec.require_digit and not any(48 <= b <= 57 for b in secret):
+            return None
         if c.validate is not None:
-            context = window[max(0, s - c.context):s] if c.context else b""
+            context = window[max(0, gs - c.context):gs] if c.context else b""
             try:
-                ok = c.validate(m.group(), context, c.params)
+                ok = c.validate(secret, context, c.params)
             except Exception:  # noqa: BLE001 - a validator bug must not kill the flow
                 ok = False
             if not ok:
                 return None
-        return s + window_start, end
+            level += 1
+        if spec.allowlists:
+            line_start = window.rfind(b"\n", max(0, s - c.context), s) + 1 or max(0, s - c.context)
+            if suppressed(spec.allowlists, secret, window[s:e], window[line_start:e]):
+                return None
+        return _Span(gs + window_start, ge + window_start,
+                     CONFIDENCES[min(level, len(CONFIDENCES) - 1)])
 
-    def _detection(self, c: _Compiled, span: tuple[int, int], window: bytes,
+    def _detection(self, c: _Compiled, span: _Span, window: bytes,
                    window_start: int) -> Detection:
-        start, end = span
+        start, end = span.start, span.end
         raw = window[start - window_start:end - window_start]
         spec = c.spec
         return Detection(
-            detector=spec.id,
+            detector=spec.report_id,
             cls=spec.cls,
             start=start,
             end=end,
-            preview=mask.preview(raw, spec.id),
-            fingerprint=mask.fingerprint(self._engine._key, mask.canonical(spec.id, raw)),
+            preview=mask.preview(raw, spec.report_id),
+            fingerprint=mask.fingerprint(self._engine._key, mask.canonical(spec.report_id, raw)),
             severity=spec.severity,
+            confidence=span.confidence,
         )
 
     # -------------------------------------------------------------- keep_longest
 
-    def _hold(self, c: _Compiled, span: tuple[int, int], detection: Detection) -> None:
+    def _hold(self, c: _Compiled, span: _Span, detection: Detection) -> None:
         """Park a keep_longest span; a longer span containing earlier ones evicts them.
 
         A container always ends later than what it contains, and one detector's candidates
@@ -433,7 +493,7 @@ class ScanStream:
         possible container has been decided. Each detector's queue therefore holds
         non-nested spans in end (and so start) order: eviction looks only at its back,
         release only at its front."""
-        start, end = span
+        start, end = span.start, span.end
         queue = self._held.setdefault(c.index, deque())
         while queue and queue[-1].end > start:
             if queue[-1].start >= start:
@@ -468,3 +528,15 @@ class ScanStream:
             bound = min(bound, queue[0].start)
         if bound > self.safe_offset:
             self.safe_offset = bound
+
+
+def _group_span(m: re.Match[bytes], group: int) -> tuple[int, int]:
+    """The secret's span within a match: group `group`, or with 0 the first group that
+    matched something (what gitleaks reports when a rule sets no secretGroup)."""
+    if group:
+        return m.span(group)
+    for g in range(1, (m.re.groups or 0) + 1):
+        gs, ge = m.span(g)
+        if ge > gs:
+            return gs, ge
+    return m.span()

@@ -32,6 +32,7 @@ import yaml
 
 from ..errors import ConfigError, ConfigIssue
 from . import validators
+from .allow import Allowlist
 
 BUILTIN_PACK = Path(__file__).with_name("packs") / "builtin.yaml"
 
@@ -44,13 +45,21 @@ MAX_CONTEXT = 256
 
 CLASSES = ("secret", "pii")
 SEVERITIES = ("low", "medium", "high", "critical")
+#: How sure a finding is: a detector's base confidence, raised one step by a validator that
+#: accepted it and one step by a keyword near it (see DetectorSpec.confidence).
+CONFIDENCES = ("low", "medium", "high")
+#: Keywords are looked for this far before a match (and inside it) when the detector does not
+#: set context_before itself.
+KEYWORD_CONTEXT = 64
 FLAGS = ("caseless",)
 
 _ID_RE = re.compile(r"^[a-z][a-z0-9_-]*(?:\.[a-z0-9_-]+)*$")
+MAX_ID_LENGTH = 96
 _FIELDS = frozenset({
     "id", "class", "description", "pattern", "not_before", "not_after", "max_width",
     "context_before", "validator", "params", "severity", "flags", "keep_longest", "truncate",
-    "prefilter",
+    "prefilter", "confidence", "keywords", "hint_keywords", "entropy", "secret_group", "allow",
+    "stopwords",
 })
 # sre opcodes that have no faithful Hyperscan-streaming equivalent.
 _FORBIDDEN_OPS = {
@@ -81,12 +90,28 @@ class DetectorSpec:
     keep_longest: bool = False                 # drop matches contained in a longer one
     truncate: bool = False                     # report a max-width match even if it could grow
     prefilter: str | None = None               # cheaper Hyperscan expression (see below)
+    confidence: str = "medium"                 # base confidence (low | medium | high)
+    keywords: tuple[bytes, ...] = ()           # lower-case; one must occur near the match
+    hint_keywords: tuple[bytes, ...] = ()      # lower-case; raise confidence when near
+    min_entropy: float | None = None           # Shannon entropy of the secret, bits per byte
+    secret_group: int | None = None            # None: the whole match is the secret; 0: the
+                                               # first group that matched (gitleaks); n: group n
+    allowlists: tuple[Allowlist, ...] = ()     # values that are known not to be secrets
+    require_digit: bool = False                # gitleaks' generic-* rules: a secret has a digit
+    fold_after: str | None = None              # a class of the bytes that may follow a match
+                                               # (imported terminators): Hyperscan requires one
 
     @property
     def width(self) -> int:
         """Widest span this detector can report (the capped regex width)."""
         lo, hi = _widths(self.pattern)
         return min(hi, self.max_width) if self.max_width else hi
+
+    @property
+    def report_id(self) -> str:
+        """The id findings carry: an imported rule split into alternatives is compiled as
+        `id#2`, `id#3`, ... (ids must be unique in the engine) but reported as `id`."""
+        return self.id.split("#", 1)[0]
 
     @property
     def lookahead(self) -> int:
@@ -104,13 +129,21 @@ def folds_not_after(spec: DetectorSpec) -> bool:
     """True when `not_after` is one plain character class, so Hyperscan itself can require a
     byte outside it after the match (see hyperscan_expression). A truncating detector is
     never folded: it must hear about a match that is followed by more token bytes."""
-    if not spec.not_after or spec.truncate:
+    if spec.truncate:
+        return False
+    if spec.fold_after:
+        return True
+    if not spec.not_after:
         return False
     text = spec.not_after
     if not (text.startswith("[") and text.endswith("]") and not text.startswith("[^")):
         return False
     parsed = sre_parser.parse(text)
-    return len(parsed) == 1 and parsed[0][0] is sre_constants.IN and _widths(text) == (1, 1)
+    if not (len(parsed) == 1 and parsed[0][0] is sre_constants.IN and _widths(text) == (1, 1)):
+        return False
+    from .idle import _class_bytes
+    # A class of every byte (an imported rule's "end of text") leaves nothing to fold.
+    return len(_class_bytes(parsed[0][1])) < 256
 
 
 def hyperscan_expression(spec: DetectorSpec) -> bytes:
@@ -131,7 +164,11 @@ def hyperscan_expression(spec: DetectorSpec) -> bytes:
         core = f"(?:{spec.pattern})"
         if spec.not_before:
             core = f"(?:^|[^{spec.not_before[1:-1]}]){core}"
-    if folds_not_after(spec):
+    if spec.fold_after and not spec.truncate:
+        # Only bytes that may follow a match (gitleaks' terminator group, whose not_after is
+        # an alternation): a run of token bytes gives one candidate, not one per byte.
+        core = f"{core}{spec.fold_after}"
+    elif folds_not_after(spec):
         core = f"{core}[^{spec.not_after[1:-1]}]"
     return core.encode("ascii")
 
@@ -142,11 +179,38 @@ def hyperscan_flags(spec: DetectorSpec) -> int:
 
 # ------------------------------------------------------------------------------ loading
 
-def load_pack(path: str | Path | None = None) -> list[DetectorSpec]:
-    """Load and validate a pack file (None: the built-in pack). Raises ConfigError."""
+def load_pack(path: str | Path | None = None, prefix: str | None = None) -> list[DetectorSpec]:
+    """Load and validate a pack file (None: the built-in pack; `*.toml`: a gitleaks config,
+    whose ids get `prefix`, default secret.gitleaks). Raises ConfigError."""
     if path is None:
         return list(_builtin())
+    from . import gitleaks
+    if gitleaks.is_gitleaks_file(path):
+        return list(gitleaks.load_gitleaks(path, prefix).specs)
     return _load_file(Path(path))
+
+
+def pack_warnings(detectors_cfg: Any) -> list[ConfigIssue]:
+    """Rules of imported gitleaks packs that were skipped, one issue each with the rule id and
+    the reason, for `egressguard check` (and the daemon's start-up log) to show."""
+    from . import gitleaks
+    out = []
+    for path in detectors_cfg.packs:
+        if not gitleaks.is_gitleaks_file(path):
+            continue
+        try:
+            imported = gitleaks.load_gitleaks(path, _prefix_of(detectors_cfg, path))
+        except ConfigError:
+            continue                  # reported as an error by all_detectors
+        for s in imported.skipped:
+            out.append(ConfigIssue(str(path), s.line, f"rules[id={s.rule_id}]",
+                                   f"not imported: {s.reason}"))
+    return out
+
+
+def _prefix_of(detectors_cfg: Any, path: str) -> str | None:
+    prefixes = getattr(detectors_cfg, "prefixes", None) or {}
+    return prefixes.get(path)
 
 
 @functools.lru_cache(maxsize=1)
@@ -290,6 +354,15 @@ def _spec_from_item(item: Any, line: int | None, file: str, where: str,
         prefilter = None
     if prefilter == PREFILTER_BARE_PATTERN:
         prefilter = pattern
+    confidence = _check_choice(f, "confidence", CONFIDENCES, "medium", bad)
+    keywords = _check_words(f, "keywords", bad)
+    hints = _check_words(f, "hint_keywords", bad)
+    stopwords = _check_words(f, "stopwords", bad)
+    min_entropy = _check_entropy(f, bad)
+    secret_group = _check_int(f, "secret_group", 0, 99, bad)
+    allow = _check_allow(f, label, bad)
+    if (keywords or hints) and not context:
+        context = KEYWORD_CONTEXT
     description, _ = f.get("description", "")
     if not isinstance(description, str):
         bad("description", "must be a string")
@@ -303,7 +376,12 @@ def _spec_from_item(item: Any, line: int | None, file: str, where: str,
         validator=validator, params=params, max_width=max_width, not_before=not_before,
         not_after=not_after, context_before=context, caseless=caseless,
         keep_longest=keep_longest, truncate=truncate, prefilter=prefilter,
+        confidence=confidence, keywords=keywords, hint_keywords=hints, min_entropy=min_entropy,
+        secret_group=secret_group,
+        allowlists=(Allowlist(regexes=allow, stopwords=stopwords),) if allow or stopwords else (),
     )
+    if secret_group and pattern is not None and re.compile(pattern).groups < secret_group:
+        bad("secret_group", f"{label}: the pattern has fewer than {secret_group} groups")
     _check_hyperscan(spec, label, bad)
     return None if len(issues) > before else spec
 
@@ -313,7 +391,7 @@ def _check_id(f: _Fields, bad) -> str:
     if value is None:
         bad("id", "missing: a detector id such as secret.internal_token")
         return ""
-    if not isinstance(value, str) or len(value) > 64 or not _ID_RE.match(value):
+    if not isinstance(value, str) or len(value) > MAX_ID_LENGTH or not _ID_RE.match(value):
         bad("id", "must be lower-case words joined by dots, e.g. secret.internal_token")
         return ""
     return value
@@ -346,6 +424,48 @@ def _check_bool(f: _Fields, name: str, bad) -> bool:
         bad(name, "must be true or false")
         return False
     return value
+
+
+def _check_words(f: _Fields, name: str, bad) -> tuple[bytes, ...]:
+    value, _ = f.get(name, [])
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if (not isinstance(value, list)
+            or not all(isinstance(v, str) and v and v.isascii() for v in value)):
+        bad(name, "must be a list of non-empty ASCII words")
+        return ()
+    return tuple(v.lower().encode("ascii") for v in value)
+
+
+def _check_entropy(f: _Fields, bad) -> float | None:
+    value, _ = f.get("entropy")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 8:
+        bad("entropy", "must be a number of bits per byte from 0 to 8")
+        return None
+    return float(value)
+
+
+def _check_allow(f: _Fields, label: str, bad) -> tuple[re.Pattern[bytes], ...]:
+    """`allow`: regexes on the secret; a match suppresses the finding (an allowlist)."""
+    value, _ = f.get("allow", [])
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.isascii() for v in value):
+        bad("allow", f"{label}: must be a list of ASCII regular expressions")
+        return ()
+    out = []
+    for item in value:
+        try:
+            out.append(re.compile(item.encode("ascii")))
+        except re.error as exc:
+            bad("allow", f"{label}: invalid regex {item!r}: {exc}")
+    return tuple(out)
 
 
 def _check_flags(f: _Fields, bad) -> bool:
@@ -567,7 +687,7 @@ def all_detectors(detectors_cfg: Any) -> list[DetectorSpec]:
     issues: list[ConfigIssue] = []
     for path in detectors_cfg.packs:
         try:
-            extra = load_pack(path)
+            extra = load_pack(path, _prefix_of(detectors_cfg, path))
         except ConfigError as exc:
             issues.extend(exc.issues)
             continue
@@ -615,4 +735,5 @@ def _with_custom_lines(issues: list[ConfigIssue], custom: list[Any]) -> list[Con
 
 def enabled_detectors(detectors_cfg: Any) -> list[DetectorSpec]:
     """`all_detectors` minus those matched by `detectors.disable`."""
-    return [s for s in all_detectors(detectors_cfg) if not detectors_cfg.is_disabled(s.id)]
+    return [s for s in all_detectors(detectors_cfg)
+            if not detectors_cfg.is_disabled(s.report_id)]

@@ -3,7 +3,9 @@
 Agents pass data on argv (`curl -d "key=..."`, `python agent.py --token ...`), and the command
 line is part of every flow's process identity: in the audit log, in `egressctl`, in the flow
 table. It goes through the same detectors as the payload, and every finding is masked with the
-same same-length masks, before anything records it.
+same same-length masks, before anything records it. Low-severity findings (IP addresses) are
+left readable: on a command line they are where the process connects, which is what an
+approver needs to see.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ MAX_ARG_BYTES = 64 * 1024      # longer arguments are cut (with a marker) before
 
 def redact_bytes(engine: Any, data: bytes) -> bytes:
     """`data` with every finding of `engine` masked in place (same length)."""
-    found = engine.scan(data)
+    found = [d for d in engine.scan(data) if d.severity != "low"]
     if not found:
         return data
     out = bytearray(data)

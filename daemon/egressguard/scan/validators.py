@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
+import ipaddress
 import json
 import math
 import re
@@ -124,8 +126,8 @@ def iban(match: bytes, context: bytes, params: Mapping[str, Any]) -> bool:
     """An IBAN of a known country with that country's length and a valid mod-97 checksum."""
     text = _NON_ALNUM.sub(b"", match).decode("ascii").upper()
     expected = IBAN_LENGTHS.get(text[:2])
-    if expected is None or len(text) != expected:
-        return False
+    if expected is None or len(text) != expected or text[2:4] in ("00", "01", "99"):
+        return False                  # ISO 13616 never issues check digits 00, 01 or 99
     return iban_mod97_ok(text)
 
 
@@ -247,6 +249,79 @@ def email(match: bytes, context: bytes, params: Mapping[str, Any]) -> bool:
     return tld not in _FILE_SUFFIXES
 
 
+# --------------------------------------------------------------------------- US ITIN
+
+def us_itin(match: bytes, context: bytes, params: Mapping[str, Any]) -> bool:
+    """An ITIN: area 9XX, group 50-65, 70-88, 90-92 or 94-99 (the IRS ranges), serial not
+    0000. (Group 89 and 93 are not issued; 00-49 would be an invalid SSN, not an ITIN.)"""
+    digits = _NON_DIGIT.sub(b"", match).decode("ascii")
+    if len(digits) != 9 or digits[0] != "9":
+        return False
+    group = int(digits[3:5])
+    ok_group = 50 <= group <= 65 or 70 <= group <= 88 or 90 <= group <= 92 or 94 <= group <= 99
+    return ok_group and digits[5:] != "0000"
+
+
+# --------------------------------------------------------------------------- IP addresses
+
+_VERSION_BEFORE = re.compile(rb"(?:\bv|version|ver\.?|release|build|rev)[\s:=]*\Z", re.IGNORECASE)
+
+
+def ip_address(match: bytes, context: bytes, params: Mapping[str, Any]) -> bool:
+    """An address the `ipaddress` module accepts, not a version string ("version 1.2.3.4",
+    "v10.0.0.1"), and for IPv6 one with a digit and two groups (so "a::b" in code is not one)."""
+    try:
+        text = match.decode("ascii")
+        addr = ipaddress.ip_address(text)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    if _VERSION_BEFORE.search(context):
+        return False
+    if addr.version == 6:
+        groups = [g for g in text.split(":") if g]
+        return any(ch.isdigit() for ch in text) and (len(groups) >= 2 or text == "::1")
+    return True
+
+
+# --------------------------------------------------------------------------- date of birth
+
+_MONTHS = {m: i for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
+
+
+def _parse_date(text: str) -> tuple[int, int, int] | None:
+    """(year, month, day) of an ISO, US (M/D/Y), European (D.M.Y) or month-name date."""
+    m = re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})", text)
+    if m:
+        return int(m[1]), int(m[2]), int(m[3])
+    m = re.fullmatch(r"(\d{1,2})/(\d{1,2})/(\d{4})", text)
+    if m:
+        return int(m[3]), int(m[1]), int(m[2])
+    m = re.fullmatch(r"(\d{1,2})\.(\d{1,2})\.(\d{4})", text)
+    if m:
+        return int(m[3]), int(m[2]), int(m[1])
+    m = re.fullmatch(r"([A-Za-z]+)\.? (\d{1,2}),? (\d{4})", text)
+    if m and m[1][:3].lower() in _MONTHS:
+        return int(m[3]), _MONTHS[m[1][:3].lower()], int(m[2])
+    m = re.fullmatch(r"(\d{1,2}) ([A-Za-z]+)\.? (\d{4})", text)
+    if m and m[2][:3].lower() in _MONTHS:
+        return int(m[3]), _MONTHS[m[2][:3].lower()], int(m[1])
+    return None
+
+
+def date_of_birth(match: bytes, context: bytes, params: Mapping[str, Any]) -> bool:
+    """A real calendar date from 1900 up to today (a birth date is never in the future).
+    The birth keyword itself is the detector's `keywords` check."""
+    try:
+        parsed = _parse_date(match.decode("ascii"))
+        if parsed is None:
+            return False
+        day = datetime.date(*parsed)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return datetime.date(1900, 1, 1) <= day <= datetime.date.today()
+
+
 # --------------------------------------------------------------------------- registry
 
 VALIDATORS: dict[str, Validator] = {
@@ -259,6 +334,9 @@ VALIDATORS: dict[str, Validator] = {
     "phone": phone,
     "url_password": url_password,
     "email": email,
+    "us_itin": us_itin,
+    "ip_address": ip_address,
+    "date_of_birth": date_of_birth,
 }
 
 # The params each validator accepts, name -> type check + description (for pack errors).
