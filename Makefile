@@ -29,6 +29,7 @@ bench: install
 	$(PY) bench/database.py
 	$(PY) bench/detection.py
 	$(PY) bench/proxy.py
+	$(PY) bench/tls.py
 	$(PY) bench/sinks.py
 	$(PY) bench/approvals.py
 

@@ -112,8 +112,10 @@ class Server:
             conn.close()
 
 
-def run_client(host: GuardedHost | None, args: list[str]) -> dict:
-    argv = ["/usr/bin/python3", "-c", CLIENT, *args]
+def run_client(host: GuardedHost | None, args: list[str], script: str = CLIENT) -> dict:
+    """Run a client script directly (host None) or inside the guarded cgroup; its last
+    stdout line is JSON."""
+    argv = ["/usr/bin/python3", "-c", script, *args]
     if host is None:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True).stdout
     else:

@@ -32,10 +32,12 @@ import phonenumbers
 from egressguard.approvals.settings import (SETTINGS_KEYS, ApprovalSettings, check_quorum_fits,
                                             parse_quorum, parse_settings)
 from egressguard.errors import ConfigError, ConfigIssue
+from egressguard.ledger.config import LedgerConfig, parse_ledger
+from egressguard.tls.config import TlsConfig, parse_tls
 from egressguard.model import Action
 from egressguard.policy import yamlpos
-from egressguard.policy.rules import (DETECTOR_CLASSES, DestinationCond, ProcessCond, RuleSpec,
-                                      UserRef, detector_ref_matches, glob_problem, is_glob,
+from egressguard.policy.rules import (DETECTOR_CLASSES, DestinationCond, ProcessCond,
+                                      RequestCond, RuleSpec, UserRef, detector_ref_matches, glob_problem, is_glob,
                                       parse_network, parse_port)
 from egressguard.policy.yamlpos import YNode
 
@@ -132,6 +134,8 @@ class Config:
     default_action: Action = Action.ALLOW
     detectors: DetectorsConfig = DetectorsConfig()
     rules: tuple[RuleSpec, ...] = ()
+    tls: TlsConfig = TlsConfig()
+    ledger: LedgerConfig = LedgerConfig()
 
 
 # The hook that tells us which detector ids exist: a fixed set, or a function of the
@@ -226,6 +230,8 @@ def _parse(text: str, source: str, base_dir: str, known: DetectorHook,
                                       "mask": "mask needs `detected`: use it in a rule"})
     detectors, detectors_ok = _detectors(c, top.get("detectors"), source, base_dir)
     rules = _rules(c, top.get("rules"))
+    tls = parse_tls(c, top.get("tls"), _process_cond)
+    ledger = parse_ledger(c, top.get("ledger"))
 
     _cross_checks(c, top, rules, default_action, approvals)
     if detectors_ok and known is not None:
@@ -236,12 +242,12 @@ def _parse(text: str, source: str, base_dir: str, known: DetectorHook,
     return Config(
         source=source, scope=scope, proxy=proxy, approvals=approvals, audit=audit,
         state_dir=state_dir, default_action=default_action or Action.ALLOW, detectors=detectors,
-        rules=tuple(r for _, r, _ in rules),
+        rules=tuple(r for _, r, _ in rules), tls=tls, ledger=ledger,
     ), []
 
 
 TOP_KEYS = ("scope", "proxy", "approvals", "audit", "state_dir", "default_action", "detectors",
-            "rules")
+            "rules", "tls", "ledger")
 PROXY_KEYS = ("listen", "listen6", "bypass", "udp", "dns_ports", "mark", "sniff_timeout",
               "max_held_bytes")
 APPROVAL_KEYS = ("socket", "approvers", "timeout", "on_timeout") + SETTINGS_KEYS
@@ -249,9 +255,9 @@ DETECTOR_KEYS = ("packs", "custom", "disable", "phone_region")
 CUSTOM_KEYS = ("id", "class", "pattern", "validator", "severity", "max_width", "keywords",
                "entropy", "confidence")
 RULE_KEYS = ("name", "process", "destination", "detected", "action", "reason", "approvals",
-             "min_confidence", "severity")
+             "min_confidence", "severity", "request")
 PROCESS_KEYS = ("exe", "comm", "user", "unit", "cgroup")
-DEST_KEYS = ("cidr", "port", "host")
+DEST_KEYS = ("cidr", "port", "host", "provider", "alpn")
 
 
 def _scope(c: "_Checker", node: YNode | None, root: YNode) -> ScopeConfig:
@@ -553,11 +559,23 @@ def _rule(c: "_Checker", node: YNode, f: str, names: dict[str, int]) -> RuleSpec
         c.issue(node.line, f"{f}.detected", "min_confidence and severity filter findings: "
                                             "say which with `detected` (e.g. [secret, pii])")
         ok = False
+    request = None
+    if "request" in m:
+        from egressguard.catalog.conditions import parse_request_cond
+        request = parse_request_cond(c, m["request"], f"{f}.request")
+        if "detected" in m:
+            c.issue(m["request"].line, f"{f}.request",
+                    "a rule has `request` or `detected`, not both: write two rules")
+            ok = False
+        if action is Action.MASK:
+            c.issue(m["action"].line, f"{f}.action", "a request rule cannot mask")
+            ok = False
     if not ok or action is None:
         return None
     return RuleSpec(name=name, action=action, process=process, destination=dest,
                     detected=detected, reason=reason, line=node.line, approvals=quorum,
-                    min_confidence=min_confidence, severity=severity)
+                    min_confidence=min_confidence, severity=severity,
+                    request=request)
 
 
 def _finding_filters(c: "_Checker", m: dict[str, YNode],
@@ -608,7 +626,11 @@ def _dest_cond(c: "_Checker", node: YNode, f: str) -> DestinationCond | None:
         g = c.glob(n, ff, host=True)
         if g is not None:
             hosts.append(g.lower().rstrip("."))
-    return DestinationCond(tuple(cidrs), tuple(ports), tuple(hosts))
+    from egressguard.catalog.conditions import parse_providers
+    providers = parse_providers(c, m.get("provider"), f"{f}.provider")
+    alpn = tuple(g for g in (c.glob(n, ff) for n, ff in c.items(m.get("alpn"), f"{f}.alpn",
+                                                               absent_ok=True)) if g)
+    return DestinationCond(tuple(cidrs), tuple(ports), tuple(hosts), providers, alpn)
 
 
 def _cross_checks(c: "_Checker", top: dict[str, YNode],

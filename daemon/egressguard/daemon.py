@@ -117,6 +117,9 @@ async def run_daemon(path: str) -> int:
                     skipped.file, skipped.line, skipped.field, skipped.message)
     mount = cgroup2_mount()
 
+    from egressguard.inspection import build_inspection
+    inspection = build_inspection(config)      # host CA, endpoint catalog, ledger
+
     audit = AuditLog(config.audit.path, rotate_bytes=config.audit.rotate_size or None)
     try:
         await audit.start()
@@ -128,8 +131,10 @@ async def run_daemon(path: str) -> int:
     # SIEM sinks read the written log on their own thread: they never slow enforcement.
     sinks = start_sinks(config)
     bus = EventBus()
-    bus.subscribe(lambda event, flow, fields: audit.append(audit_record(event, flow, fields)))
+    bus.subscribe(lambda event, flow, fields: audit.append(audit_record(event, flow, fields))
+                  if _audited(event, fields) else None)
     bus.subscribe(_log_event)
+    bus.subscribe(inspection.listener())
 
     proxy: GuardProxy | None = None
 
@@ -170,7 +175,8 @@ async def run_daemon(path: str) -> int:
         policy_provider=lambda: loaded.policy, masker=mask_span, holds=registry, bus=bus,
         mark=config.proxy.mark,
         limits=ProxyLimits(max_held_bytes=config.proxy.max_held_bytes,
-                           sniff_timeout=config.proxy.sniff_timeout))
+                           sniff_timeout=config.proxy.sniff_timeout),
+        **inspection.proxy_kwargs())
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -186,7 +192,8 @@ async def run_daemon(path: str) -> int:
         channels = await start_channels(config, registry, proxy.all_flows, on_hold_event)
         try:
             server = await start_approval_server(config.approvals.socket, registry,
-                                                 proxy.all_flows, mark=config.proxy.mark)
+                                                 proxy.all_flows, mark=config.proxy.mark,
+                                                 ledger_path=inspection.ledger.path)
         except OSError as exc:
             raise EnvironmentProblem(
                 f"cannot serve approvals on {config.approvals.socket}: {exc.strerror or exc}")
@@ -229,6 +236,7 @@ async def run_daemon(path: str) -> int:
         if channels is not None:
             await channels.stop()
         bus.emit("daemon.stop", None, {"pid": os.getpid()})
+        inspection.close()
         try:
             await asyncio.wait_for(audit.close(), AUDIT_START_TIMEOUT * 3)
         except asyncio.TimeoutError:
@@ -286,8 +294,15 @@ def _udp_fields(ev: Any) -> dict[str, Any]:
                     for k, v in fields.items()}}
 
 
+def _audited(event: str, fields: dict[str, Any]) -> bool:
+    """Labels of an intercepted request without findings go to the ledger only: one audit
+    event (and fsync) per clean API call would make the log mostly noise."""
+    return event != "http.request" or bool(fields.get("fields"))
+
+
 def _log_event(event: str, flow: Any, fields: dict[str, Any]) -> None:
-    if event in ("flow.open", "flow.close") and not log.isEnabledFor(logging.DEBUG):
+    if event in ("flow.open", "flow.close", "http.request", "tls.intercept") \
+            and not log.isEnabledFor(logging.DEBUG):
         return
     fid = flow.flow_id if flow is not None else "-"
     dest = f"{flow.destination.ip}:{flow.destination.port}" if flow is not None else "-"

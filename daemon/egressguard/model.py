@@ -68,19 +68,27 @@ class Process:
 class Destination:
     """Where the process wanted to go (the original destination before the redirect).
 
-    `host` is the name seen in the first bytes (TLS SNI or HTTP Host), empty when unknown."""
+    `host` is the name seen in the first bytes (TLS SNI or HTTP Host), empty when unknown;
+    `provider` the AI provider the endpoint catalog names for it (catalog/endpoints.yaml)."""
 
     ip: str
     port: int
     host: str = ""
     transport: str = "tcp"
+    provider: str = ""
+    alpn: tuple[str, ...] = ()          # protocols the TLS ClientHello offered
 
     @property
     def address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         return ipaddress.ip_address(self.ip)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ip": self.ip, "port": self.port, "host": self.host, "transport": self.transport}
+        d = {"ip": self.ip, "port": self.port, "host": self.host, "transport": self.transport}
+        if self.provider:
+            d["provider"] = self.provider
+        if self.alpn:
+            d["alpn"] = list(self.alpn)
+        return d
 
 
 @dataclass(frozen=True)
@@ -186,6 +194,8 @@ class FlowInfo:
     detections: list[Detection] = field(default_factory=list)
     bytes_up: int = 0
     bytes_down: int = 0
+    bytes_delivered: int = 0              # bytes the destination was sent (after masks)
+    intercepted: bool = False             # TLS opened: bytes are the decrypted HTTP stream
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -198,4 +208,6 @@ class FlowInfo:
             "detections": [d.to_dict() for d in self.detections],
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
+            "bytes_delivered": self.bytes_delivered,
+            "intercepted": self.intercepted,
         }

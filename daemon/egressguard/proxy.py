@@ -5,6 +5,12 @@ kernel maps for the original destination and the process (keyed by the client's 
 port, as the proxy sees it as its peer), builds a `Relay`, and then just moves bytes:
 client -> relay -> upstream for what the relay releases, upstream -> client untouched.
 
+Intercepted TLS (the relay says `InterceptTls`): the client's TLS is terminated here with a
+`tls.pipe.TlsPipe` (ssl.MemoryBIO: the ClientHello was already read while sniffing) presenting
+a leaf minted by the host CA; the relay then sees plaintext. The upstream connection is TLS to
+the same name, verified against the system trust store (asyncio's own TLS); a verification
+failure is the relay's `upstream_tls_failed` (a blocked flow and a 502 to the client).
+
 Backpressure: the client is read only while the relay can take more (upstream drained, or the
 held buffer below its cap); the upstream is read only while the client drains. Reads are large
 (256 KiB) and the relay forwards slices of one buffer, because per-chunk copies and small reads
@@ -20,6 +26,7 @@ import ipaddress
 import itertools
 import logging
 import socket
+import ssl
 import struct
 import termios
 import time
@@ -29,9 +36,10 @@ from typing import Any, Callable
 
 from .events import EventBus
 from .model import Decision, Destination, FlowInfo, FlowState, Process
-from .relay import (ConnectUpstream, Emit, HalfCloseUpstream, Hold, Phase, Relay, Reset,
-                    SendUpstream)
+from .relay import (ConnectUpstream, Emit, HalfCloseUpstream, Hold, InterceptTls, Phase, Relay,
+                    Reset, SendClient, SendUpstream)
 from .scan.redact import redact_bytes
+from .tls.pipe import TlsFailed, TlsPipe
 
 log = logging.getLogger("egressguard.proxy")
 
@@ -68,7 +76,10 @@ class GuardProxy:
     def __init__(self, *, listen4: tuple[str, int], listen6: tuple[str, int] | None,
                  lookup_origin: OriginLookup, engine_provider: Callable[[], Any],
                  policy_provider: Callable[[], Any], masker: Callable[[bytes, str], bytes],
-                 holds: Any, bus: EventBus, mark: int, limits: ProxyLimits):
+                 holds: Any, bus: EventBus, mark: int, limits: ProxyLimits,
+                 ca: Any = None, upstream_tls: ssl.SSLContext | None = None,
+                 interceptor: Any = None, catalog: Any = None,
+                 max_decoded: int = 16 * 1024 * 1024):
         self.listen4, self.listen6 = listen4, listen6
         self.lookup_origin = lookup_origin
         self.engine_provider = engine_provider
@@ -78,6 +89,11 @@ class GuardProxy:
         self.bus = bus
         self.mark = mark
         self.limits = limits
+        self.ca = ca                              # tls.ca.HostCA (interception)
+        self.upstream_tls = upstream_tls
+        self.interceptor = interceptor if ca is not None else None
+        self.catalog = catalog
+        self.max_decoded = max_decoded
         self.flows: dict[str, FlowInfo] = {}
         self.recent: deque[FlowInfo] = deque(maxlen=500)
         self._servers: list[asyncio.base_events.Server] = []
@@ -151,6 +167,8 @@ class FlowHandler:
         self._last_data = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._timers: list[asyncio.TimerHandle] = []
+        self.client_tls: TlsPipe | None = None    # set when the relay intercepts
+        self.tls_host: str | None = None          # upstream TLS server name (intercepted)
 
     # ------------------------------------------------------------------ life cycle
     async def run(self) -> None:
@@ -167,7 +185,9 @@ class FlowHandler:
         self.flow = FlowInfo(self.proxy.new_flow_id(), origin.process, origin.destination,
                              time.time())
         self.relay = Relay(self.flow, self.proxy.policy_provider(), engine.open_stream(),
-                           self.proxy.masker, redact=lambda data: redact_bytes(engine, data))
+                           self.proxy.masker, redact=lambda data: redact_bytes(engine, data),
+                           interceptor=self.proxy.interceptor, catalog=self.proxy.catalog,
+                           max_decoded=self.proxy.max_decoded)
         self.proxy.flows[self.flow.flow_id] = self.flow
         try:
             self.execute(self.relay.start())
@@ -208,7 +228,18 @@ class FlowHandler:
                 await self.wakeup.wait()
                 continue
             data = await self.c_reader.read(READ_SIZE)
-            if not data:
+            if self.client_tls is not None:
+                data, ended = self._decrypt(data)
+                if relay.phase is Phase.CLOSED:
+                    return
+                if ended:
+                    if data:
+                        self.execute(relay.client_data(data))
+                    self.execute(relay.client_eof())
+                    return
+                if not data:
+                    continue
+            elif not data:
                 self.execute(relay.client_eof())
                 return
             self._last_data = asyncio.get_running_loop().time()
@@ -222,6 +253,38 @@ class FlowHandler:
                     self.limits.partial_wait, self._on_idle)
             if self.u_writer is not None and relay.phase is Phase.FORWARDING:
                 await self.u_writer.drain()
+
+    def _decrypt(self, raw: bytes) -> tuple[bytes, bool]:
+        """Client TLS bytes -> (plaintext, client finished). A failed handshake (the client
+        refused our certificate: pinning, or the host CA is not trusted) is the relay's
+        `intercept_failed`."""
+        assert self.client_tls is not None and self.relay is not None
+        pipe = self.client_tls
+        if not raw:
+            if not pipe.handshake_done:
+                self.execute(self.relay.intercept_failed("client closed during the handshake"))
+            return b"", True
+        try:
+            out, plain = pipe.feed(raw)
+        except TlsFailed as exc:
+            self.execute(self.relay.intercept_failed(str(exc)))
+            return b"", True
+        if out:
+            self.c_writer.write(out)
+        return plain, pipe.closed
+
+    async def _client_request_started(self, timeout: float = 2.0) -> None:
+        """Before answering the client ourselves (a 502), let its TLS handshake finish and its
+        request arrive (bounded): a response sent into an unfinished handshake is lost, and
+        closing with its request unread would reset the connection under it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline and self.relay is not None and self.relay.received == 0 \
+                and self.relay.phase is not Phase.CLOSED:
+            await asyncio.sleep(0.01)
+
+    def _to_client(self, data: bytes) -> None:
+        self.c_writer.write(self.client_tls.send(data) if self.client_tls is not None else data)
 
     async def _wait_until_done(self) -> None:
         await self.closed.wait()
@@ -264,7 +327,11 @@ class FlowHandler:
             elif isinstance(cmd, ConnectUpstream):
                 self._spawn(self._connect_upstream())
             elif isinstance(cmd, HalfCloseUpstream):
-                if self.u_writer is not None and self.u_writer.can_write_eof():
+                if self.u_writer is not None and self.tls_host is not None:
+                    # TLS has no half-close: the client is done, so end the upstream session
+                    # (close_notify after every byte is written).
+                    self.u_writer.close()
+                elif self.u_writer is not None and self.u_writer.can_write_eof():
                     with contextlib.suppress(OSError):
                         self.u_writer.write_eof()
             elif isinstance(cmd, Hold):
@@ -272,7 +339,31 @@ class FlowHandler:
             elif isinstance(cmd, Reset):
                 self.reset_reason = cmd.reason
                 self._reset_both()
+            elif isinstance(cmd, InterceptTls):
+                self._start_client_tls(cmd)
+            elif isinstance(cmd, SendClient):
+                self.reset_reason = cmd.reason
+                self._answer_client(cmd.data)
         self.wakeup.set()
+
+    def _start_client_tls(self, cmd: InterceptTls) -> None:
+        assert self.proxy.ca is not None
+        self.client_tls = TlsPipe(self.proxy.ca.server_context(cmd.host))
+        self.tls_host = cmd.host
+        out, _ = self.client_tls.feed(cmd.client_hello)
+        if out:
+            self.c_writer.write(out)
+
+    def _answer_client(self, data: bytes) -> None:
+        """Send our own response, then close gracefully (FIN after the data, not a reset)."""
+        with contextlib.suppress(Exception):
+            self._to_client(data)
+            if self.client_tls is not None:
+                self.c_writer.write(self.client_tls.close())
+        if self.u_writer is not None:
+            _abort(self.u_writer)
+        self.c_writer.close()
+        self.closed.set()
 
     async def _connect_upstream(self) -> None:
         assert self.flow is not None and self.relay is not None
@@ -290,7 +381,23 @@ class FlowHandler:
             sock.setblocking(False)
             await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (dest.ip, dest.port)),
                                    self.limits.connect_timeout)
-            self.u_reader, self.u_writer = await asyncio.open_connection(sock=sock, limit=READ_SIZE)
+            if self.tls_host is not None:
+                try:
+                    self.u_reader, self.u_writer = await asyncio.open_connection(
+                        sock=sock, limit=READ_SIZE, ssl=self.proxy.upstream_tls,
+                        server_hostname=self.tls_host,
+                        ssl_handshake_timeout=self.limits.connect_timeout)
+                    # asyncio's TLS transport pauses writers at 64 KiB: far below one read.
+                    self.u_writer.transport.set_write_buffer_limits(high=4 * READ_SIZE)
+                except ssl.SSLError as exc:
+                    sock.close()
+                    why = getattr(exc, "verify_message", "") or str(exc.reason or exc)
+                    await self._client_request_started()
+                    self.execute(self.relay.upstream_tls_failed(why))
+                    return
+            else:
+                self.u_reader, self.u_writer = await asyncio.open_connection(sock=sock,
+                                                                             limit=READ_SIZE)
         except (OSError, asyncio.TimeoutError) as exc:
             if sock is not None:
                 sock.close()
@@ -308,12 +415,15 @@ class FlowHandler:
             while True:
                 data = await self.u_reader.read(READ_SIZE)
                 if not data:
+                    if self.client_tls is not None:
+                        with contextlib.suppress(Exception):
+                            self.c_writer.write(self.client_tls.close())
                     if self.c_writer.can_write_eof():
                         with contextlib.suppress(OSError):
                             self.c_writer.write_eof()
                     break
                 self.flow.bytes_down += len(data)
-                self.c_writer.write(data)
+                self._to_client(data)
                 await self.c_writer.drain()
         except (ConnectionError, OSError):
             pass

@@ -15,16 +15,29 @@ hold rule names that was not shown (a different secret later on a keep-alive con
 that arrived while the hold was open) opens a new hold before any of its bytes leave.
 
 Client -> server bytes are scanned; server -> client bytes are relayed by the proxy untouched.
+
+TLS interception (opt-in, `tls.intercept`): once the ClientHello's SNI is known and the
+selector picks the flow, the relay hands the ClientHello to the proxy (`InterceptTls`) and from
+then on is fed the client's *decrypted* bytes. Those go through an HTTP/1.1 codec
+(httpcodec.py): the relay scans and masks the decoded view (bodies de-chunked and
+decompressed) and the codec turns released view bytes back into wire bytes (original framing,
+or a re-encoded body after a mask). Each request is labelled from the endpoint catalog
+(`http.request` events: provider, endpoint kind, model, the JSON fields that held findings);
+request rules (`request.kind` / `request.class`) decide per request before any of it leaves.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from .httpcodec import HeadDone, HttpError, HttpRequestCodec, RequestDone, RequestHead
+from .jsonpaths import field_at, string_spans
 from .model import Action, Decision, Destination, Detection, FlowInfo, FlowState, Verdict
-from .sniff import MAX_SNIFF_BYTES, NEED_MORE, sniff_host
+from .sniff import MAX_SNIFF_BYTES, NEED_MORE, client_alpn, sniff_host
 
 
 # ---------------------------------------------------------------------------- commands
@@ -66,7 +79,30 @@ class Emit:
     fields: dict[str, Any]
 
 
-Command = ConnectUpstream | SendUpstream | HalfCloseUpstream | Hold | Reset | Emit
+MAX_FIELDS = 16          # JSON field paths listed per detector and request
+
+
+@dataclass(frozen=True)
+class InterceptTls:
+    """Terminate the client's TLS with a leaf for `host`; `client_hello` is what the client sent
+    so far (the proxy feeds it to the TLS session first). From now on `client_data` gets the
+    decrypted bytes, and the upstream connection is TLS to `host`, verified."""
+
+    host: str
+    client_hello: bytes
+
+
+@dataclass(frozen=True)
+class SendClient:
+    """Answer the client ourselves (an HTTP response on an intercepted flow), then close both
+    sides. The destination gets nothing more."""
+
+    data: bytes
+    reason: str
+
+
+Command = (ConnectUpstream | SendUpstream | HalfCloseUpstream | Hold | Reset | Emit
+           | InterceptTls | SendClient)
 
 
 # ---------------------------------------------------------------------------- collaborators
@@ -134,6 +170,9 @@ class Relay:
     stream: ScanStreamLike
     masker: Any                       # scan.mask.mask_span
     redact: Callable[[bytes], bytes] | None = None   # scan.redact.redact_bytes with the engine
+    interceptor: Any = None           # tls.select.InterceptSelector (None: never intercept)
+    catalog: Any = None               # catalog.Catalog (None: no provider labels)
+    max_decoded: int = 16 * 1024 * 1024
     phase: Phase = Phase.SNIFFING
     pending: bytearray = field(default_factory=bytearray)   # received, not yet forwarded
     forwarded: int = 0                # absolute offset of pending[0]
@@ -151,12 +190,18 @@ class Relay:
     _sniffed: str | None = None       # the host name found ("" for none), None while looking
     _sniff_buf: bytearray = field(default_factory=bytearray)
     _connect_decision: Any = None
+    codec: HttpRequestCodec | None = None      # set once the flow is intercepted
+    _provider: Any = None
+    _requests: list[RequestHead] = field(default_factory=list)   # recent, for JSON fields
+    _request_holds: list[Verdict] = field(default_factory=list)  # asked while a hold was open
+    _done_requests: list[RequestHead] = field(default_factory=list)  # not yet labelled
 
     # ------------------------------------------------------------------ events
     def start(self) -> list[Command]:
         """The connection was accepted and its process and destination are known."""
+        self._label_provider()
         out: list[Command] = [Emit("flow.open", {})]
-        if self.policy.needs_host:
+        if self.policy.needs_host or self._may_intercept:
             self.phase = Phase.SNIFFING
             return out
         return out + self._decide_connect()
@@ -173,9 +218,15 @@ class Relay:
     def client_data(self, data: bytes) -> list[Command]:
         if self.phase is Phase.CLOSED or not data:
             return []
-        self.pending += data
         self.received += len(data)
         self.flow.bytes_up = self.received
+        if self.codec is not None:
+            try:
+                view, events = self.codec.feed(data)
+            except HttpError as exc:
+                return self._http_error(exc)
+            return self._http_view(view, events)
+        self.pending += data
         if self.phase is Phase.SNIFFING:
             if self._sniff(bytes(self.pending)) is NEED_MORE:
                 return []
@@ -185,12 +236,31 @@ class Relay:
             # sniff_timeout before sending it. The audit log shows it either way, and host
             # rules are checked again before any byte goes out (see _forward).
             self._sniff_buf += data
-            if self._sniff(bytes(self._sniff_buf)) and self.policy.needs_host:
+            host = self._sniff(bytes(self._sniff_buf))
+            if host and self._may_intercept and self.forwarded == 0 \
+                    and self.pending[:1] == b"\x16":
+                out = self._late_client_hello(host)
+                if self.phase is Phase.CLOSED:
+                    return out
+            if host and self.policy.needs_host:
                 out = self._recheck_with_host()
                 if self.phase is Phase.CLOSED:
                     return out
                 return out + self._scan(data)
         return self._scan(data)
+
+    def _late_client_hello(self, host: str) -> list[Command]:
+        """A ClientHello that arrived after sniff_timeout, for a host the selector opens: the
+        stream is already being scanned as sent, so it can no longer be intercepted. Nothing
+        of it has left (see _forward): fail closed rather than let it through unopened."""
+        from .tls.select import PASSTHROUGH
+        if self.interceptor.choose(self.flow.process, host) == PASSTHROUGH:
+            return []
+        verdict = Verdict(Action.BLOCK, "tls.intercept",
+                          "the TLS ClientHello arrived after proxy.sniff_timeout: too late to "
+                          "intercept this host")
+        self.flow.verdict = verdict
+        return [Emit("flow.block", {"verdict": verdict.to_dict()})] + self._reset(verdict.reason)
 
     def client_idle(self, final: bool) -> list[Command]:
         """The client paused. Release what cannot be the start of a secret (`final=False`), or
@@ -207,6 +277,12 @@ class Relay:
         self.client_done = True
         if self.phase is Phase.SNIFFING:
             out = self._decide_then_scan_pending()
+            if self.phase is Phase.CLOSED:
+                return out
+            return out + self._finish_stream()
+        if self.codec is not None:
+            view, events = self.codec.eof()
+            out = self._http_view(view, events)
             if self.phase is Phase.CLOSED:
                 return out
             return out + self._finish_stream()
@@ -243,6 +319,9 @@ class Relay:
             # any byte leaves (nothing was forwarded since the hold opened).
             assert self._unshown_verdict is not None
             return out + self._hold(self._unshown_verdict, unseen)
+        if self._request_holds:
+            # A later request that a request rule holds arrived while this hold was open.
+            return out + self._hold(self._request_holds.pop(0), ())
         if not self.upstream_open:
             self.phase = Phase.CONNECTING
             # A content hold can open after ConnectUpstream was given but before the
@@ -250,6 +329,33 @@ class Relay:
             return out + self._connect()
         self.phase = Phase.FORWARDING
         return out + self._forward()
+
+    def upstream_tls_failed(self, reason: str) -> list[Command]:
+        """The destination's certificate did not verify: a blocked flow, never a downgrade.
+        The client (whose TLS we terminated) gets a 502 saying so."""
+        if self.phase is Phase.CLOSED:
+            return []
+        verdict = Verdict(Action.BLOCK, "tls.verify",
+                          f"upstream TLS verification failed: {reason}")
+        labels = self._label_requests(force=True)
+        self.flow.verdict = verdict
+        self.flow.state = FlowState.BLOCKED
+        self.phase = Phase.CLOSED
+        self.pending.clear()
+        body = {"error": "egressguard: the destination's TLS certificate did not verify",
+                "host": self.flow.destination.host, "flow_id": self.flow.flow_id}
+        return labels + [Emit("tls.upstream_verify_failed", {"error": reason}),
+                Emit("flow.block", {"verdict": verdict.to_dict()}),
+                SendClient(http_response(502, "Bad Gateway", body), verdict.reason)]
+
+    def intercept_failed(self, reason: str) -> list[Command]:
+        """The client refused our certificate (pinning, or it does not trust the host CA)."""
+        if self.interceptor is not None:
+            self.interceptor.record_failure(self.flow.process, self.flow.destination.host)
+        out: list[Command] = [Emit("tls.intercept_failed", {
+            "error": reason,
+            "next_attempts": self.interceptor.on_failure if self.interceptor else "block"})]
+        return out + self.abort("client refused the interception certificate")
 
     def abort(self, reason: str) -> list[Command]:
         """Something outside the relay failed (upstream unreachable, buffer cap, shutdown)."""
@@ -268,10 +374,24 @@ class Relay:
         self._sniffed = host
         self._sniff_buf = bytearray()
         if host:
-            self.flow.destination = Destination(
-                self.flow.destination.ip, self.flow.destination.port, host,
-                self.flow.destination.transport)
+            d = self.flow.destination
+            self.flow.destination = Destination(d.ip, d.port, host, d.transport, d.provider,
+                                                client_alpn(prefix))
+            self._label_provider()
         return host
+
+    def _label_provider(self) -> None:
+        if self.catalog is None:
+            return
+        d = self.flow.destination
+        self._provider = self.catalog.provider_for(d.host, d.ip, d.port)
+        if self._provider is not None and d.provider != self._provider.id:
+            self.flow.destination = Destination(d.ip, d.port, d.host, d.transport,
+                                                self._provider.id, d.alpn)
+
+    @property
+    def _may_intercept(self) -> bool:
+        return self.interceptor is not None and self.interceptor.enabled
 
     def _host_to_record(self, prefix: bytes, host: str) -> str:
         """The sniffed name with every finding in it masked, as policy and records see it.
@@ -336,10 +456,162 @@ class Relay:
 
     def _decide_then_scan_pending(self) -> list[Command]:
         """Leave SNIFFING: decide on the destination, then scan what arrived meanwhile, once."""
-        out = self._decide_connect()
+        out = self._maybe_intercept()
+        if self.phase is Phase.CLOSED:
+            return out
+        out += self._decide_connect()
         if self.phase is Phase.CLOSED or not self.pending:
             return out
         return out + self._scan(bytes(self.pending))
+
+    def _maybe_intercept(self) -> list[Command]:
+        """A TLS ClientHello to a host the selector picks: open it (InterceptTls), refuse it
+        (a client that refused our certificate before, with on_intercept_failure: block), or
+        leave it alone (passthrough: SNI still recorded and usable in rules)."""
+        host = self._sniffed
+        if not self._may_intercept or not host or self.pending[:1] != b"\x16":
+            return []
+        from .tls.select import BLOCK, INTERCEPT
+        choice = self.interceptor.choose(self.flow.process, host)
+        if choice == BLOCK:
+            verdict = Verdict(Action.BLOCK, "tls.on_intercept_failure",
+                              "this process refused the interception certificate for this "
+                              "host before; tls.on_intercept_failure is block")
+            self.flow.verdict = verdict
+            return [Emit("flow.block", {"verdict": verdict.to_dict()})] + self._reset(
+                verdict.reason)
+        if choice != INTERCEPT:
+            return []
+        hello = bytes(self.pending)
+        self.pending.clear()
+        self.received = 0
+        self.flow.bytes_up = 0
+        self.flow.intercepted = True
+        self.codec = HttpRequestCodec(max_decoded=self.max_decoded)
+        return [Emit("tls.intercept", {"sni": host}), InterceptTls(host, hello)]
+
+    # ------------------------------------------------------------------ HTTP (intercepted)
+    def _http_error(self, exc: HttpError) -> list[Command]:
+        verdict = Verdict(Action.BLOCK, "http", f"cannot inspect the request: {exc}")
+        self.flow.verdict = verdict
+        self.flow.state = FlowState.BLOCKED
+        return [Emit("flow.block", {"verdict": verdict.to_dict()})] + self._reset(verdict.reason)
+
+    def _http_view(self, view: bytes, events: list[Any]) -> list[Command]:
+        """New decoded bytes and request events: request rules first (before a byte of the
+        request can leave), then scan the view, then label finished requests."""
+        out: list[Command] = []
+        self.pending += view
+        for ev in events:
+            if isinstance(ev, HeadDone):
+                out += self._on_request_head(ev.request)
+                if self.phase is Phase.CLOSED:
+                    return out
+        if self.phase is Phase.SNIFFING:
+            return out
+        out += self._scan(view) if view else self._forward()
+        if self.phase is Phase.CLOSED:
+            return out
+        self._done_requests += [ev.request for ev in events if isinstance(ev, RequestDone)]
+        return out + self._label_requests()
+
+    def _label_requests(self, force: bool = False) -> list[Command]:
+        """`http.request` for each finished request, once the scanner has passed its end (so
+        every finding in it is known and gets its JSON field), or now when the flow ends."""
+        out: list[Command] = []
+        while self._done_requests and (force or self.stream.safe_offset
+                                       >= self._done_requests[0].body_end):
+            out += self._on_request_done(self._done_requests.pop(0))
+        return out
+
+    def _describe(self, req: RequestHead) -> Any:
+        assert self.catalog is not None
+        return self.catalog.describe(self._provider, req.method, req.path, req.body,
+                                     req.content_type)
+
+    def _on_request_head(self, req: RequestHead) -> list[Command]:
+        self._requests = (self._requests + [req])[-8:]
+        decide = getattr(self.policy, "decide_request", None)
+        if decide is None or self.catalog is None or self._connect_decision is None:
+            return []
+        verdict = decide(self._connect_decision, self._describe(req))
+        if verdict is None or verdict.action is Action.ALLOW:
+            return []
+        if verdict.action is Action.BLOCK:
+            self.flow.verdict = verdict
+            return [Emit("flow.block", {"verdict": verdict.to_dict()})] + self._reset(
+                verdict.reason)
+        if verdict.action is Action.HOLD:
+            if self.hold_open or self.phase is Phase.HELD:
+                self._request_holds.append(verdict)
+                return []
+            return self._hold(verdict, ())
+        return []
+
+    def _on_request_done(self, req: RequestHead) -> list[Command]:
+        info = self._describe(req) if self.catalog is not None else None
+        spans = self._spans(req)
+        fields: dict[str, list[str]] = {}
+        for d in req.detections:
+            if d.start < req.body_end:
+                path = _field(spans, req, d) or ("(head)" if d.start < req.body_start
+                                                 else "(body)")
+                paths = fields.setdefault(d.detector, [])
+                if path not in paths and len(paths) < MAX_FIELDS:
+                    paths.append(path)
+        rec: dict[str, Any] = {
+            "method": req.method, "path": self._masked_path(req),
+            "content_type": req.content_type, "content_encoding": ",".join(req.encodings),
+            "body_bytes": req.raw_body_len, "decoded_bytes": req.body_end - req.body_start,
+            "fields": fields}
+        if info is not None:
+            rec.update(info.to_dict())
+        req.body = b""            # labelled: the captured body is not kept (memory)
+        return [Emit("http.request", rec)]
+
+    def _spans(self, req: RequestHead) -> list[tuple[int, int, str]]:
+        """The finished request's JSON string spans, walked once (keys holding a finding are
+        masked in paths). Empty while the request is incomplete or not JSON."""
+        if not req.done or (req.content_type and "json" not in req.content_type):
+            return []
+        if req.spans is None:
+            base = req.body_start
+            found = sorted((d.start - base, d.end - base) for d in req.detections
+                           if d.end > base)
+            starts = [a for a, _ in found]
+            reach = list(itertools.accumulate((b for _, b in found), max))
+
+            def hidden(s: int, e: int) -> bool:
+                i = bisect.bisect_left(starts, e)
+                return i > 0 and reach[i - 1] > s
+
+            req.spans = string_spans(req.body, hidden)
+        return req.spans
+
+    def _masked_path(self, req: RequestHead) -> str:
+        """The path (never the query), with every finding in it masked."""
+        path = req.path
+        if not req.detections:
+            return path
+        # Offset of the path in the view: after "METHOD ", and after scheme://host for an
+        # absolute-form target.
+        line_start = req.view_start + len(req.method) + 1 + max(0, req.target.find(path))
+        buf = bytearray(path.encode("latin-1", "replace"))
+        for d in req.detections:
+            if d.start < line_start + len(buf) and d.end > line_start:
+                mask_detection(buf, line_start, d, self.masker)
+        return buf.decode("latin-1")
+
+    def _request_of(self, det: Detection) -> RequestHead | None:
+        for req in reversed(self._requests):       # newest first: the first that starts
+            if det.start >= req.view_start:        # at or before the finding holds it
+                return req
+        return None
+
+    def _field_of(self, det: Detection) -> str | None:
+        """Known at once only when the request was complete (else `http.request` has it)."""
+        req = self._request_of(det)
+        return _field(self._spans(req), req, det) if req is not None else None
 
     def _scan(self, data: bytes) -> list[Command]:
         return self._after_detections(self.stream.feed(data))
@@ -353,10 +625,16 @@ class Relay:
             out += self._act_on(detections)
             if self.phase is Phase.CLOSED:
                 return out
-        return out + self._forward()
+        out += self._forward()
+        return out + self._label_requests() if self._done_requests else out
 
     def _act_on(self, detections: list[Detection]) -> list[Command]:
         self.flow.detections.extend(detections)
+        if self.codec is not None:
+            for d in detections:
+                req = self._request_of(d)
+                if req is not None:
+                    req.detections.append(d)
         content = self.policy.decide_content(self._connect_decision, detections)
         verdict: Verdict = content.verdict
         action = verdict.action
@@ -371,7 +649,7 @@ class Relay:
         for det in masked:
             mask_detection(self.pending, self.forwarded, det, self.masker)
         out: list[Command] = [Emit("flow.detect", {
-            "detections": [d.to_dict() for d in detections],
+            "detections": [self._detection_dict(d) for d in detections],
             "verdict": verdict.to_dict(),
             "masked": [d.to_dict() for d in masked],
         })]
@@ -391,6 +669,14 @@ class Relay:
             return out + self._hold(verdict, tuple(detections))
         return out
 
+    def _detection_dict(self, det: Detection) -> dict[str, Any]:
+        d = det.to_dict()
+        if self.codec is not None:
+            path = self._field_of(det)
+            if path:
+                d["field"] = path
+        return d
+
     def _hold(self, verdict: Verdict, detections: tuple[Detection, ...]) -> list[Command]:
         self.phase = Phase.HELD
         self.hold_open = True
@@ -405,11 +691,13 @@ class Relay:
         """Send every byte that is both scanned-safe and allowed."""
         if self.phase is not Phase.FORWARDING or not self.upstream_open:
             return []
-        if self._sniffed is None and self.policy.needs_host and not self.client_done:
+        if self._sniffed is None and (self.policy.needs_host or self._may_intercept) \
+                and not self.client_done:
             return []      # a host rule may still apply once the name is complete
         safe = min(self.stream.safe_offset, self.forwarded + len(self.pending))
         out: list[Command] = []
         n = safe - self.forwarded
+        chunk = b""
         if n > 0:
             if n == len(self.pending):
                 chunk = bytes(self.pending)
@@ -421,15 +709,35 @@ class Relay:
                     chunk = view[:n].tobytes()
                 del self.pending[:n]
             self.forwarded = safe
-            out.append(SendUpstream(chunk))
-        if self.client_done and not self.pending and not self.half_closed:
+        wire = self.codec.wire(chunk) if self.codec is not None else chunk
+        if wire:
+            self.flow.bytes_delivered += len(wire)
+            out.append(SendUpstream(wire))
+        if self.client_done and not self.pending and not self.half_closed and not (
+                self.codec is not None and self.codec.holding):
             self.half_closed = True
             out.append(HalfCloseUpstream())
         return out
 
     def _reset(self, reason: str) -> list[Command]:
+        labels = self._label_requests(force=True) if self._done_requests else []
         self.phase = Phase.CLOSED
         self.pending.clear()
         if self.flow.state not in (FlowState.DENIED, FlowState.EXPIRED):
             self.flow.state = FlowState.BLOCKED
-        return [Reset(reason)]
+        return labels + [Reset(reason)]
+
+
+def _field(spans: list[tuple[int, int, str]], req: RequestHead, det: Detection) -> str | None:
+    """The JSON field of `det` (view offsets) inside `req`'s decoded body, if any."""
+    if not spans or det.start < req.body_start:
+        return None
+    return field_at(spans, det.start - req.body_start, det.end - req.body_start)
+
+
+def http_response(status: int, reason: str, body: dict[str, Any]) -> bytes:
+    """A complete HTTP/1.1 JSON response that closes the connection (for SendClient)."""
+    import json
+    data = json.dumps(body, sort_keys=True).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data

@@ -112,7 +112,8 @@ def _handshake_bytes(prefix: bytes) -> bytes:
     return bytes(out)
 
 
-def _sniff_tls(prefix: bytes) -> str | None:
+def _hello_extensions(prefix: bytes) -> "dict[int, _Reader] | str | None":
+    """The ClientHello's extensions by type, NEED_MORE, or "" when this is not one."""
     if len(prefix) >= 3 and prefix[1] != 0x03:
         return ""                                   # not TLS record version 3.x
     hs = _handshake_bytes(prefix)
@@ -130,21 +131,49 @@ def _sniff_tls(prefix: bytes) -> str | None:
         body.vec(1)                                 # session id
         body.vec(2)                                 # cipher suites
         body.vec(1)                                 # compression methods
+        out: dict[int, _Reader] = {}
         if body.pos == body.end:
-            return ""                               # no extensions, no SNI
+            return out                              # no extensions
         exts = body.vec(2)
         while exts.pos < exts.end:
             ext_type = exts.u16()
-            ext = exts.vec(2)
-            if ext_type != 0:                       # server_name
-                continue
-            names = ext.vec(2)
-            while names.pos < names.end:
-                name_type = names.u8()
-                name = names.vec(2)
-                if name_type == 0:
-                    return _clean(name.take(name.end - name.pos).decode("ascii", "replace"))
-            return ""
-        return ""
+            out.setdefault(ext_type, exts.vec(2))
+        return out
     except _Short:
         return NEED_MORE if len(prefix) < MAX_SNIFF_BYTES else ""
+
+
+def _sniff_tls(prefix: bytes) -> str | None:
+    exts = _hello_extensions(prefix)
+    if not isinstance(exts, dict):
+        return exts
+    ext = exts.get(0)                               # server_name
+    if ext is None:
+        return ""
+    try:
+        names = ext.vec(2)
+        while names.pos < names.end:
+            name_type = names.u8()
+            name = names.vec(2)
+            if name_type == 0:
+                return _clean(name.take(name.end - name.pos).decode("ascii", "replace"))
+    except _Short:
+        pass
+    return ""
+
+
+def client_alpn(prefix: bytes) -> tuple[str, ...]:
+    """The protocols a complete ClientHello offers in ALPN (e.g. ("h2", "http/1.1")), in the
+    client's order; () when there is none or `prefix` is not a ClientHello."""
+    exts = _hello_extensions(prefix[:MAX_SNIFF_BYTES]) if prefix[:1] == b"\x16" else ""
+    ext = exts.get(16) if isinstance(exts, dict) else None
+    out: list[str] = []
+    try:
+        if ext is not None:
+            protos = ext.vec(2)
+            while protos.pos < protos.end and len(out) < 16:
+                p = protos.vec(1)
+                out.append(p.take(p.end - p.pos).decode("ascii", "replace")[:32])
+    except _Short:
+        pass
+    return tuple(out)

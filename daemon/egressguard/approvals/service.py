@@ -77,7 +77,8 @@ def process_pb(p: Process) -> pb.Process:
 
 
 def destination_pb(d: Destination) -> pb.Destination:
-    return pb.Destination(ip=d.ip, port=d.port, host=d.host, transport=d.transport)
+    return pb.Destination(ip=d.ip, port=d.port, host=d.host, transport=d.transport,
+                          provider=d.provider)
 
 
 def detection_pb(d: Detection) -> pb.Detection:
@@ -174,11 +175,13 @@ class ApprovalsServicer(pb_grpc.ApprovalsServicer):
     channel's identity source (SO_PEERCRED via the front door, or the mTLS certificate)."""
 
     def __init__(self, registry: HoldRegistry, flows_provider: Callable[[], list[FlowInfo]],
-                 identify: Identify, unauthenticated: str = _UNAUTHENTICATED) -> None:
+                 identify: Identify, unauthenticated: str = _UNAUTHENTICATED,
+                 ledger_path: str | None = None) -> None:
         self.registry = registry
         self.flows_provider = flows_provider
         self.identify = identify
         self.unauthenticated = unauthenticated
+        self.ledger_path = ledger_path
 
     async def _who(self, context: grpc.aio.ServicerContext) -> Identity:
         return await _identity(self.identify, context, self.unauthenticated)
@@ -282,6 +285,20 @@ class ApprovalsServicer(pb_grpc.ApprovalsServicer):
         return pb.ListFlowsResponse(flows=[
             flow_pb(f) for f in self.flows_provider() if self.registry.may_view(who, f.process.uid)])
 
+    async def Usage(self, request: pb.UsageRequest,
+                    context: grpc.aio.ServicerContext) -> pb.UsageResponse:
+        from egressguard.ledger import rpc
+        who = await self._who(context)
+        return await rpc.usage(self.ledger_path, self.registry.is_approver(who), who.uid,
+                               request, context)
+
+    async def ListLedgerFlows(self, request: pb.LedgerFlowsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.LedgerFlowsResponse:
+        from egressguard.ledger import rpc
+        who = await self._who(context)
+        return await rpc.ledger_flows(self.ledger_path, self.registry.is_approver(who),
+                                      who.uid, request, context)
+
 
 class _HealthServicer(health.aio.HealthServicer):
     """Standard health checking, behind the same identity gate as everything else."""
@@ -326,15 +343,16 @@ class ApprovalServer:
 
 async def start_approval_server(socket_path: str, registry: HoldRegistry,
                                 flows_provider: Callable[[], list[FlowInfo]],
-                                mark: int = 0) -> ApprovalServer:
+                                mark: int = 0,
+                                ledger_path: str | None = None) -> ApprovalServer:
     """Serve egressguard.v1.Approvals on `socket_path`; raises EnvironmentProblem when the
     socket cannot be created or another daemon already listens there. `mark` is the SO_MARK
     the probes exempt (proxy.mark), for the front door's internal connections."""
     table = PeerTable()
     server = grpc.aio.server()
     identify = peer_identify(table)
-    pb_grpc.add_ApprovalsServicer_to_server(ApprovalsServicer(registry, flows_provider, identify),
-                                            server)
+    pb_grpc.add_ApprovalsServicer_to_server(
+        ApprovalsServicer(registry, flows_provider, identify, ledger_path=ledger_path), server)
     health_servicer = _HealthServicer(identify)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

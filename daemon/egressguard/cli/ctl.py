@@ -5,7 +5,9 @@
                                       [--ttl 15m] [--break-glass]
     egressctl [--socket PATH] deny HOLD_ID --reason TEXT
     egressctl [--socket PATH] watch [--json]
-    egressctl [--socket PATH] flows [--json]
+    egressctl [--socket PATH] flows [--since 1h] [--provider ID] [--host NAME] [--json]
+    egressctl [--socket PATH] usage [--by process|destination|provider|class|user] [--since 24h]
+                                    [--json]
     egressctl [--socket PATH] grants [--json]
     egressctl [--socket PATH] revoke GRANT_ID --reason TEXT
     egressctl --server HOST:PORT --cert FILE --key FILE --ca FILE ...   (remote, mutual TLS)
@@ -408,6 +410,9 @@ def cmd_watch(args: argparse.Namespace, client: Client) -> int:
 
 
 def cmd_flows(args: argparse.Namespace, client: Client) -> int:
+    if args.since or args.provider or args.host:
+        from egressguard.cli.usage import cmd_ledger_flows
+        return cmd_ledger_flows(args, client)      # closed flows, from the ledger
     flows = list(client.call(client.stub.ListFlows, client.pb.ListFlowsRequest()).flows)
     return _show(flows, args.json, flow_json, "no flows", flows_table)
 
@@ -495,9 +500,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="one JSON object per line")
     sp.set_defaults(func=cmd_watch)
 
-    sp = sub.add_parser("flows", help="list the flows the proxy knows about")
+    from egressguard.cli.usage import cmd_usage, parse_since
+    sp = sub.add_parser("flows", help="list the flows the proxy knows about; with --since, "
+                                      "--provider or --host: closed flows from the ledger")
     sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.add_argument("--since", type=parse_since, help="closed in this period (e.g. 1h, 7d)")
+    sp.add_argument("--provider", help="AI provider id from the endpoint catalog (e.g. openai)")
+    sp.add_argument("--host", help="destination host name (SNI / Host)")
     sp.set_defaults(func=cmd_flows)
+
+    sp = sub.add_parser("usage", help="data usage ledger aggregates")
+    sp.add_argument("--by", default="process",
+                    choices=["process", "destination", "provider", "class", "user"])
+    sp.add_argument("--since", type=parse_since, default=86400.0,
+                    help="period (default 24h; e.g. 30m, 7d)")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.set_defaults(func=cmd_usage)
 
     sp = sub.add_parser("audit", help="audit log tools")
     asub = sp.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND",

@@ -4,6 +4,7 @@
     egressguard check --config FILE   validate; exit 0, or 2 with every problem listed
     egressguard scan [--config FILE] [--pack PATH]... [--json] [FILE|-]...
                                       the proxy's scanner over files; exit 1 if it finds anything
+    egressguard ca export --config FILE   print the host CA certificate (PEM) agents trust
 
 Every operator-facing failure (bad policy, missing privilege, kernel feature, headers, a port in
 use) is one clear line on stderr and exit 2: never a traceback.
@@ -35,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", required=True, help="policy file (YAML)")
     from egressguard.cli import scan
     scan.add_arguments(sub.add_parser("scan", help="scan files or stdin with the detectors"))
+    ca = sub.add_parser("ca", help="the host CA used for TLS interception")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
+    export = ca_sub.add_parser("export", help="print the CA certificate (PEM); creates the CA "
+                                              "under state_dir on first use")
+    export.add_argument("--config", required=True, help="policy file (YAML)")
     return p
 
 
@@ -52,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             return scan.run(args.config, args.pack, args.json, args.files)
         except Exception as exc:  # noqa: BLE001
             return _unexpected(exc)
+    if args.command == "ca":
+        return _ca_export(args.config)
     return _run(args.config, args.log_level)
 
 
@@ -80,23 +88,44 @@ def _check(path: str) -> int:
     return EXIT_OK
 
 
+def _ca_export(path: str) -> int:
+    from egressguard.daemon import parse_config
+    from egressguard.tls.ca import HostCA
+    try:
+        config = parse_config(path)
+        ca = HostCA(config.state_dir)
+    except EgressGuardError as exc:
+        return _print_error(exc)
+    except OSError as exc:
+        print(f"error: cannot create or read the host CA in the state directory (state_dir): "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(ca.cert_pem.decode())
+    return EXIT_OK
+
+
 def _run(path: str, level: str) -> int:
     from egressguard.daemon import run_daemon
     from egressguard.logfmt import setup_logging
     setup_logging(level)
     try:
         return asyncio.run(run_daemon(path))
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(f"error: {issue}", file=sys.stderr)
-        return EXIT_USAGE
     except EgressGuardError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _print_error(exc)
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception as exc:  # noqa: BLE001
         return _unexpected(exc)
+
+
+def _print_error(exc: EgressGuardError) -> int:
+    """A configuration problem (every issue, one line each) or an environment problem."""
+    if isinstance(exc, ConfigError):
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+    else:
+        print(f"error: {exc}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _unexpected(exc: Exception) -> int:

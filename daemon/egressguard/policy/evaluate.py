@@ -35,6 +35,7 @@ class ConnectDecision:
 
     verdict: Verdict
     content_rules: tuple[CompiledRule, ...] = ()
+    request_rules: tuple[CompiledRule, ...] = ()   # live request rules (intercepted HTTP)
 
     @property
     def needs_content(self) -> bool:
@@ -79,18 +80,33 @@ class Policy:
 
     def decide_connect(self, process: Process, dest: Destination) -> ConnectDecision:
         live: list[CompiledRule] = []
+        requests: list[CompiledRule] = []
         for rule in self.rules:
             if not rule.matches_flow(process, dest):
                 continue
             if rule.is_content_rule:
                 live.append(rule)
                 continue
+            if rule.is_request_rule:
+                # Like content rules: only a request can tell (intercepted HTTP flows).
+                requests.append(rule)
+                continue
             verdict = Verdict(rule.action, rule.name,
                               _with_reason(f'rule "{rule.name}" matched', rule.spec))
-            return ConnectDecision(verdict, tuple(live))
+            return ConnectDecision(verdict, tuple(live), tuple(requests))
         verdict = Verdict(self.default_action, "default",
                           f"no rule matched; default_action is {self.default_action.value}")
-        return ConnectDecision(verdict, tuple(live))
+        return ConnectDecision(verdict, tuple(live), tuple(requests))
+
+    def decide_request(self, cd: ConnectDecision, info: "object") -> Verdict | None:
+        """The first live request rule that matches this request (a catalog.RequestInfo), or
+        None. Its action applies to the request before any byte of it leaves."""
+        for rule in cd.request_rules:
+            if rule.matches_request(info):
+                what = f"{getattr(info, 'kind', '')} request ({getattr(info, 'cls', '')})"
+                return Verdict(rule.action, rule.name,
+                               _with_reason(f'rule "{rule.name}": {what}', rule.spec))
+        return None
 
     def decide_content(self, cd: ConnectDecision,
                        detections: Sequence[Detection]) -> ContentDecision:

@@ -60,6 +60,16 @@ class DestinationCond:
     cidr: tuple[Network, ...] = ()
     port: tuple[tuple[int, int], ...] = ()      # inclusive ranges
     host: tuple[str, ...] = ()
+    provider: tuple[str, ...] = ()              # endpoint catalog provider id globs
+    alpn: tuple[str, ...] = ()                  # globs on the protocols the ClientHello offered
+
+
+@dataclass(frozen=True)
+class RequestCond:
+    """Conditions on one intercepted HTTP request (endpoint catalog labels)."""
+
+    kind: tuple[str, ...] = ()                  # chat, embeddings, files, fine_tuning, ...
+    cls: tuple[str, ...] = ()                   # inference, dataset_export, other
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,7 @@ class RuleSpec:
     min_confidence: str | None = None     # findings below this confidence do not match
     severity: tuple[str, ...] = ()        # if given, only findings of these severities match
     approvals: Any = None   # approvals.quorum.QuorumSpec: this hold rule's approvers/quorum
+    request: RequestCond | None = None   # a request rule: decided per intercepted request
 
     @property
     def is_content_rule(self) -> bool:
@@ -194,7 +205,7 @@ class CompiledRule:
     """A RuleSpec compiled for matching. Immutable after construction."""
 
     __slots__ = ("spec", "_exe", "_comm", "_uids", "_unit", "_cgroup",
-                 "_cidr", "_port", "_host")
+                 "_cidr", "_port", "_host", "_provider", "_kind", "_cls", "_alpn")
 
     def __init__(self, spec: RuleSpec):
         self.spec = spec
@@ -208,6 +219,11 @@ class CompiledRule:
         self._cidr = d.cidr
         self._port = d.port
         self._host = _compile_globs(d.host, ignore_case=True)
+        self._provider = _compile_globs(d.provider)
+        self._alpn = _compile_globs(d.alpn)
+        r = spec.request or RequestCond()
+        self._kind = _compile_globs(r.kind)
+        self._cls = _compile_globs(r.cls)
 
     @property
     def name(self) -> str:
@@ -223,7 +239,17 @@ class CompiledRule:
 
     @property
     def uses_host(self) -> bool:
-        return self._host is not None
+        """The rule needs the name (SNI/Host): the provider is known from the name too."""
+        return self._host is not None or self._provider is not None or self._alpn is not None
+
+    @property
+    def is_request_rule(self) -> bool:
+        return self.spec.request is not None and self.spec.detected is None
+
+    def matches_request(self, info: "object") -> bool:
+        """`info` is a catalog.RequestInfo (kind, cls)."""
+        return (_glob_match(self._kind, getattr(info, "kind", ""))
+                and _glob_match(self._cls, getattr(info, "cls", "")))
 
     def matches_flow(self, process: Process, dest: Destination) -> bool:
         """Every given process/destination condition holds (`detected` is not looked at)."""
@@ -244,6 +270,10 @@ class CompiledRule:
             if addr is None or not any(addr.version == n.version and addr in n
                                        for n in self._cidr):
                 return False
+        if self._provider is not None and not _glob_match(self._provider, d.provider):
+            return False
+        if self._alpn is not None and not any(_glob_match(self._alpn, p) for p in d.alpn):
+            return False
         if self._host is not None:
             return _glob_match(self._host, d.host.rstrip("."))
         return True

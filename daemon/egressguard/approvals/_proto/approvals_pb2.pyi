@@ -64,16 +64,18 @@ class Process(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., tgid: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., comm: _Optional[str] = ..., exe: _Optional[str] = ..., cmdline: _Optional[_Iterable[str]] = ..., user: _Optional[str] = ..., unit: _Optional[str] = ..., container: _Optional[str] = ..., cgroup_path: _Optional[str] = ...) -> None: ...
 
 class Destination(_message.Message):
-    __slots__ = ("ip", "port", "host", "transport")
+    __slots__ = ("ip", "port", "host", "transport", "provider")
     IP_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
     ip: str
     port: int
     host: str
     transport: str
-    def __init__(self, ip: _Optional[str] = ..., port: _Optional[int] = ..., host: _Optional[str] = ..., transport: _Optional[str] = ...) -> None: ...
+    provider: str
+    def __init__(self, ip: _Optional[str] = ..., port: _Optional[int] = ..., host: _Optional[str] = ..., transport: _Optional[str] = ..., provider: _Optional[str] = ...) -> None: ...
 
 class Detection(_message.Message):
     __slots__ = ("detector", "data_class", "offset", "length", "preview", "fingerprint", "severity")
@@ -332,3 +334,109 @@ class RevokeResponse(_message.Message):
     GRANT_FIELD_NUMBER: _ClassVar[int]
     grant: Grant
     def __init__(self, grant: _Optional[_Union[Grant, _Mapping]] = ...) -> None: ...
+
+class UsageRequest(_message.Message):
+    __slots__ = ("by", "since_s")
+    BY_FIELD_NUMBER: _ClassVar[int]
+    SINCE_S_FIELD_NUMBER: _ClassVar[int]
+    by: str
+    since_s: float
+    def __init__(self, by: _Optional[str] = ..., since_s: _Optional[float] = ...) -> None: ...
+
+class UsageRow(_message.Message):
+    __slots__ = ("key", "flows", "bytes_up", "bytes_down", "requests", "detections", "blocked", "held")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_UP_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DOWN_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    DETECTIONS_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    flows: int
+    bytes_up: int
+    bytes_down: int
+    requests: int
+    detections: int
+    blocked: int
+    held: int
+    def __init__(self, key: _Optional[str] = ..., flows: _Optional[int] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., requests: _Optional[int] = ..., detections: _Optional[int] = ..., blocked: _Optional[int] = ..., held: _Optional[int] = ...) -> None: ...
+
+class UsageResponse(_message.Message):
+    __slots__ = ("by", "rows", "all_users")
+    BY_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    ALL_USERS_FIELD_NUMBER: _ClassVar[int]
+    by: str
+    rows: _containers.RepeatedCompositeFieldContainer[UsageRow]
+    all_users: bool
+    def __init__(self, by: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ..., all_users: _Optional[bool] = ...) -> None: ...
+
+class LedgerFlowsRequest(_message.Message):
+    __slots__ = ("since_s", "provider", "host", "limit")
+    SINCE_S_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    since_s: float
+    provider: str
+    host: str
+    limit: int
+    def __init__(self, since_s: _Optional[float] = ..., provider: _Optional[str] = ..., host: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class LedgerDetection(_message.Message):
+    __slots__ = ("detector", "data_class", "count", "fields")
+    DETECTOR_FIELD_NUMBER: _ClassVar[int]
+    DATA_CLASS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    detector: str
+    data_class: str
+    count: int
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, detector: _Optional[str] = ..., data_class: _Optional[str] = ..., count: _Optional[int] = ..., fields: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LedgerFlow(_message.Message):
+    __slots__ = ("flow_id", "opened_at", "closed_at", "process", "destination", "bytes_up", "bytes_down", "action", "rule", "state", "intercepted", "requests", "models", "endpoint_kinds", "approval_id", "detections")
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    OPENED_AT_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_AT_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    BYTES_UP_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DOWN_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    INTERCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_KINDS_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    DETECTIONS_FIELD_NUMBER: _ClassVar[int]
+    flow_id: str
+    opened_at: float
+    closed_at: float
+    process: Process
+    destination: Destination
+    bytes_up: int
+    bytes_down: int
+    action: str
+    rule: str
+    state: str
+    intercepted: bool
+    requests: int
+    models: _containers.RepeatedScalarFieldContainer[str]
+    endpoint_kinds: _containers.RepeatedScalarFieldContainer[str]
+    approval_id: str
+    detections: _containers.RepeatedCompositeFieldContainer[LedgerDetection]
+    def __init__(self, flow_id: _Optional[str] = ..., opened_at: _Optional[float] = ..., closed_at: _Optional[float] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., destination: _Optional[_Union[Destination, _Mapping]] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., action: _Optional[str] = ..., rule: _Optional[str] = ..., state: _Optional[str] = ..., intercepted: _Optional[bool] = ..., requests: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., endpoint_kinds: _Optional[_Iterable[str]] = ..., approval_id: _Optional[str] = ..., detections: _Optional[_Iterable[_Union[LedgerDetection, _Mapping]]] = ...) -> None: ...
+
+class LedgerFlowsResponse(_message.Message):
+    __slots__ = ("flows", "all_users")
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    ALL_USERS_FIELD_NUMBER: _ClassVar[int]
+    flows: _containers.RepeatedCompositeFieldContainer[LedgerFlow]
+    all_users: bool
+    def __init__(self, flows: _Optional[_Iterable[_Union[LedgerFlow, _Mapping]]] = ..., all_users: _Optional[bool] = ...) -> None: ...

@@ -74,6 +74,16 @@ class ApprovalsStub:
                 request_serializer=egressguard_dot_v1_dot_approvals__pb2.RevokeRequest.SerializeToString,
                 response_deserializer=egressguard_dot_v1_dot_approvals__pb2.RevokeResponse.FromString,
                 _registered_method=True)
+        self.Usage = channel.unary_unary(
+                '/egressguard.v1.Approvals/Usage',
+                request_serializer=egressguard_dot_v1_dot_approvals__pb2.UsageRequest.SerializeToString,
+                response_deserializer=egressguard_dot_v1_dot_approvals__pb2.UsageResponse.FromString,
+                _registered_method=True)
+        self.ListLedgerFlows = channel.unary_unary(
+                '/egressguard.v1.Approvals/ListLedgerFlows',
+                request_serializer=egressguard_dot_v1_dot_approvals__pb2.LedgerFlowsRequest.SerializeToString,
+                response_deserializer=egressguard_dot_v1_dot_approvals__pb2.LedgerFlowsResponse.FromString,
+                _registered_method=True)
 
 
 class ApprovalsServicer:
@@ -138,6 +148,20 @@ class ApprovalsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Usage(self, request, context):
+        """The data usage ledger (closed flows, SQLite). Approvers see every flow; any other local
+        user only flows their own uid opened. FAILED_PRECONDITION when the ledger is off.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLedgerFlows(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ApprovalsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +204,16 @@ def add_ApprovalsServicer_to_server(servicer, server):
                     servicer.Revoke,
                     request_deserializer=egressguard_dot_v1_dot_approvals__pb2.RevokeRequest.FromString,
                     response_serializer=egressguard_dot_v1_dot_approvals__pb2.RevokeResponse.SerializeToString,
+            ),
+            'Usage': grpc.unary_unary_rpc_method_handler(
+                    servicer.Usage,
+                    request_deserializer=egressguard_dot_v1_dot_approvals__pb2.UsageRequest.FromString,
+                    response_serializer=egressguard_dot_v1_dot_approvals__pb2.UsageResponse.SerializeToString,
+            ),
+            'ListLedgerFlows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLedgerFlows,
+                    request_deserializer=egressguard_dot_v1_dot_approvals__pb2.LedgerFlowsRequest.FromString,
+                    response_serializer=egressguard_dot_v1_dot_approvals__pb2.LedgerFlowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +432,60 @@ class Approvals:
             '/egressguard.v1.Approvals/Revoke',
             egressguard_dot_v1_dot_approvals__pb2.RevokeRequest.SerializeToString,
             egressguard_dot_v1_dot_approvals__pb2.RevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Usage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/egressguard.v1.Approvals/Usage',
+            egressguard_dot_v1_dot_approvals__pb2.UsageRequest.SerializeToString,
+            egressguard_dot_v1_dot_approvals__pb2.UsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLedgerFlows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/egressguard.v1.Approvals/ListLedgerFlows',
+            egressguard_dot_v1_dot_approvals__pb2.LedgerFlowsRequest.SerializeToString,
+            egressguard_dot_v1_dot_approvals__pb2.LedgerFlowsResponse.FromString,
             options,
             channel_credentials,
             insecure,
