@@ -26,6 +26,7 @@ test-kernel: install
 
 bench: install
 	$(PY) bench/scanner.py
+	$(PY) bench/database.py
 	$(PY) bench/detection.py
 	$(PY) bench/proxy.py
 	$(PY) bench/tls.py

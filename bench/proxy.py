@@ -163,9 +163,14 @@ def main() -> int:
     for mode, label in (("bulk", "binary"), ("bulktext", "JSON lines")):
         direct, guarded, cpu = bulk[mode]
         md, mg = statistics.median(direct), statistics.median(guarded)
+        # Each round measures direct, then guarded, back to back: the median of the per-round
+        # ratios pairs runs that saw the same load, which the ratio of medians does not
+        # (direct alone swings 1.3-3.2 GB/s here from run to run on a loaded machine).
+        paired = statistics.median(g / d for g, d in zip(guarded, direct))
         print(f"bulk upload of {label}, 64 KiB writes, {a.mib} MiB x {a.rounds} rounds (median)")
-        print(f"  direct   {md:8.1f} MB/s")
-        print(f"  guarded  {mg:8.1f} MB/s   ratio {mg / md:.2f}x")
+        print(f"  direct   {md:8.1f} MB/s   rounds: " + ", ".join(f"{d:.0f}" for d in direct))
+        print(f"  guarded  {mg:8.1f} MB/s   rounds: " + ", ".join(f"{g:.0f}" for g in guarded))
+        print(f"  ratio    {mg / md:.2f}x of medians, {paired:.2f}x median of per-round ratios")
         print(f"  daemon CPU per GB scanned: {statistics.median(cpu):.2f} s")
     for name, d, g in (("request/response on one connection", rr_d, rr_g),
                        ("new connection + request/response", cn_d, cn_g)):

@@ -13,6 +13,7 @@ The data is synthetic and generated with a fixed seed; it contains no secrets.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
@@ -69,6 +70,21 @@ def source(size: int, rng: random.Random) -> bytes:
         out.append(line)
         n += len(line)
     return "".join(out).encode()[:size]
+
+
+def json_lines(size: int, rng: random.Random) -> bytes:
+    """JSON lines like prompts or a dataset (the kind bench/proxy.py's bulktext client sends):
+    words, ids, quotes, braces; no findings."""
+    words = ("the model agent request summarise plan quarter revenue customer support "
+             "ticket reply draft code review function test deploy status report").split()
+    out: list[bytes] = []
+    n = 0
+    while n < size:
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(5, 40)))
+        line = json.dumps({"role": "user", "id": rng.randint(1, 10**6), "content": text}).encode()
+        out.append(line + b"\n")
+        n += len(line) + 1
+    return b"".join(out)[:size]
 
 
 def mime(size: int, rng: random.Random) -> bytes:
