@@ -344,6 +344,37 @@ def test_pending_json_fields(sockdir: str) -> None:
     run(scenario())
 
 
+def test_pending_carries_severity_and_confidence_through_grpc(sockdir: str) -> None:
+    """Issue 7's ratings reach the approver: the gRPC Detection carries them (fields 7, 8) and
+    egressctl pending shows them in text and JSON. Non-default values on purpose, so a field
+    dropped anywhere on the way (model -> proto -> CLI) shows as the proto default ""."""
+    rated = [Detection(detector="secret.aws_access_key_id", cls="secret", start=10, end=30,
+                       preview="AKIA************MPLE", fingerprint="fp:1", severity="critical",
+                       confidence="high"),
+             Detection(detector="pii.ipv4", cls="pii", start=40, end=49, preview="127.*.*.9",
+                       fingerprint="fp:2", severity="low", confidence="low")]
+
+    async def scenario() -> None:
+        async with Daemon(os.path.join(sockdir, "a.sock"), ["root"]) as d:
+            f = make_flow(NOBODY, "f-rated")
+            d.flows.append(f)
+            hold = d.registry.open(f, VERDICT, rated)
+            listed = d.registry.pending()[0].detections
+            assert [(x.severity, x.confidence) for x in listed] == [("critical", "high"),
+                                                                   ("low", "low")]
+            rc, out, err = await ctl(d.sock, "pending", "--json")
+            assert rc == 0, err
+            (h,) = [json.loads(line) for line in out.splitlines()]
+            assert h["id"] == hold.id
+            assert [(x["detector"], x["severity"], x["confidence"]) for x in h["detections"]] == [
+                ("secret.aws_access_key_id", "critical", "high"), ("pii.ipv4", "low", "low")]
+            rc, out, err = await ctl(d.sock, "pending")
+            assert rc == 0, err
+            assert ("data:  secret.aws_access_key_id AKIA************MPLE (severity critical, "
+                    "confidence high); pii.ipv4 127.*.*.9 (severity low, confidence low)") in out
+    run(scenario())
+
+
 # -- socket handling ---------------------------------------------------------------------------
 
 def test_socket_permissions_stale_socket_and_second_daemon(sockdir: str) -> None:

@@ -102,3 +102,77 @@ def test_server_refuses_to_start_without_readable_certificates(tmp_path: Path) -
         with pytest.raises(EnvironmentProblem, match=r"approvals.remote.key"):
             await start_remote_server(cfg, {}, registry, lambda: [])
     asyncio.run(scenario())
+
+
+BOB = 4102            # mapped by his certificate, but not an approver
+
+
+def test_ledger_over_mtls_follows_the_certificate_identity(pki: dict[str, Any],
+                                                           tmp_path: Path) -> None:
+    """Usage and ListLedgerFlows over mTLS: the same visibility as the Unix socket, with the
+    uid from the certificate mapping. An approver sees every flow, a mapped non-approver only
+    his own, an unmapped certificate nothing (refused)."""
+    import time
+
+    from egressguard.ledger.listener import LedgerListener
+    from egressguard.ledger.store import LedgerStore
+    from egressguard.model import Destination, FlowInfo, Process
+
+    store = LedgerStore(str(tmp_path / "ledger.db"), retention_s=3600)
+    store.start()
+    listen = LedgerListener(store)
+    for flow_id, uid, user, up in (("f-own-1", OWNER, "agent", 100), ("f-own-2", OWNER, "agent", 20),
+                                   ("f-bob", BOB, "bob", 7)):
+        listen("flow.close", FlowInfo(flow_id, Process(pid=9, uid=uid, exe="/usr/bin/python3",
+                                                       user=user),
+                                      Destination("127.10.0.1", 443, "api.openai.com", "tcp",
+                                                  "openai"), time.time(), bytes_delivered=up,
+                                      bytes_down=1), {})
+    assert store.flush(10)
+    pki["bob"] = pki["ca"].issue("bob", "bob.corp.example", dns=["bob.corp.example"])
+
+    async def scenario() -> None:
+        registry = HoldRegistry(["uid:%d" % ALICE], 30.0, "deny", lambda n, f: None)
+        certs = {"alice.corp.example": UserRef("alice", ALICE, "alice"),
+                 "bob.corp.example": UserRef("bob", BOB, "bob")}
+        cfg = RemoteConfig(("127.0.0.1", 0), str(pki["server"].cert), str(pki["server"].key),
+                           str(pki["ca"].pem))
+        server = await start_remote_server(cfg, certs, registry, lambda: [],
+                                           ledger_path=store.path)
+        bare = await start_remote_server(cfg, certs, registry, lambda: [])
+        try:
+            rc, out, err = await remote_ctl(server.port, pki, "alice", "usage", "--by", "user",
+                                            "--json")
+            assert rc == 0, err
+            rows = {r["key"]: r for r in map(json.loads, out.splitlines())}
+            assert set(rows) == {"agent", "bob"} and rows["agent"]["bytes_up"] == 120
+            rc, out, err = await remote_ctl(server.port, pki, "alice", "flows", "--since", "1h",
+                                            "--json")
+            assert rc == 0, err
+            assert {json.loads(x)["flow_id"] for x in out.splitlines()} == {
+                "f-own-1", "f-own-2", "f-bob"}
+
+            rc, out, err = await remote_ctl(server.port, pki, "bob", "usage", "--by", "user",
+                                            "--json")
+            assert rc == 0, err
+            assert [(r["key"], r["bytes_up"]) for r in map(json.loads, out.splitlines())] == [
+                ("bob", 7)]
+            rc, out, err = await remote_ctl(server.port, pki, "bob", "flows", "--since", "1h",
+                                            "--json")
+            assert rc == 0, err
+            assert [json.loads(x)["flow_id"] for x in out.splitlines()] == ["f-bob"]
+
+            rc, out, err = await remote_ctl(server.port, pki, "stranger", "usage")
+            assert rc == 1 and "maps to no approver" in err and "agent" not in out, (out, err)
+
+            rc, out, err = await remote_ctl(bare.port, pki, "alice", "usage")
+            assert rc == 1 and "ledger" in err and "not served" in err, (out, err)
+        finally:
+            registry.close()
+            await server.stop()
+            await bare.stop()
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 90))
+    finally:
+        store.close()

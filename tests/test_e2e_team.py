@@ -258,6 +258,10 @@ def test_restart_keeps_pending_requests_and_grants_with_mtls_and_slack(workdir: 
                              "--scope", "process-destination")
                 assert f"uid {DAEMON_UID}" in out
                 assert g_proc.communicate(timeout=30)[0]
+                # the ledger over the daemon's mTLS listener (an approver: every flow)
+                wait_for(lambda: any(json.loads(x)["destination"]["ip"] == "127.21.1.2" for x in
+                                     ctl_ok(host, *remote, "flows", "--since", "1h",
+                                            "--json").splitlines()))
                 host.stop()                                  # held socket lost: flow.aborted
                 assert json.loads(waiting.communicate(timeout=30)[0].splitlines()[-1])["error"]
             finally:

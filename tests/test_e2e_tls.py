@@ -81,9 +81,11 @@ def world() -> Iterator[dict[str, Any]]:
 
 
 def run_agent(w: dict[str, Any], sni: str, requests: list[dict[str, Any]], *,
-              cafile: str | None = None, wait: bool = True, raw: bytes | None = None) -> Any:
+              cafile: str | None = None, wait: bool = True, raw: bytes | None = None,
+              **mode: Any) -> Any:
     spec: dict[str, Any] = {"ip": HOSTS[sni], "port": w["servers"][sni].port, "sni": sni,
-                            "cafile": cafile or w["bundle"], "requests": requests, "timeout": 60}
+                            "cafile": cafile or w["bundle"], "requests": requests, "timeout": 60,
+                            **mode}
     if raw is not None:
         spec["raw_b64"] = base64.b64encode(raw).decode()
     fd, path = tempfile.mkstemp(dir=w["dir"], suffix=".json")
@@ -287,6 +289,23 @@ def test_hostile_bytes_inside_tls_are_blocked_and_the_daemon_carries_on(world: d
                                 for e in audit(host)))
     ok = run_agent(world, "api.groq.com", [post("/openai/v1/chat/completions", chat("hi"))])
     assert ok["responses"][0]["status"] == 200, ok
+
+
+def test_broken_record_after_the_handshake_is_not_taken_for_a_pinned_client(world: dict) -> None:
+    """The client accepted our certificate (handshake done), then sent a record that does not
+    decrypt: the flow is aborted, but that is no pinning refusal, so the program's next
+    connections to the host are still intercepted, not blocked."""
+    host, server = world["host"], world["servers"]["api.anthropic.com"]
+    before = server.total_bytes
+    seen = len(audit(host))
+    broken = run_agent(world, "api.anthropic.com", [], corrupt_after_handshake=True)
+    assert broken.get("handshake"), broken
+    assert wait_for(lambda: any(e["event"] == "flow.close" and e.get("reset", "").startswith(
+        "client TLS error") for e in audit(host)[seen:]))
+    assert not [e for e in audit(host)[seen:] if e["event"] == "tls.intercept_failed"]
+    ok = run_agent(world, "api.anthropic.com", [post("/v1/messages", chat("hi again"))])
+    assert ok["responses"][0]["status"] == 200, ok
+    assert server.total_bytes > before
 
 
 # ----------------------------------------------------------------------------- ledger

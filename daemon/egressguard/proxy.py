@@ -46,6 +46,7 @@ log = logging.getLogger("egressguard.proxy")
 READ_SIZE = 256 * 1024
 HOLD_PROBE_INTERVAL = 0.25   # seconds between checks that a held flow's client is still there
 HELD_CAP_RECHECK = 0.25      # seconds between checks of the total cap by a flow paused on it
+ANSWER_LINGER = 5.0          # seconds we read (and drop) a client's bytes after answering it
 _TCP_CLOSE = 7               # tcpi_state after a reset (linux/tcp_states.h)
 
 
@@ -181,6 +182,7 @@ class FlowHandler:
         self._timers: list[asyncio.TimerHandle] = []
         self._held_counted = 0               # this flow's share of proxy.held_total
         self.client_tls: TlsPipe | None = None    # set when the relay intercepts
+        self.answered = False                     # we answered the client ourselves (SendClient)
         self.tls_host: str | None = None          # upstream TLS server name (intercepted)
 
     # ------------------------------------------------------------------ life cycle
@@ -208,6 +210,8 @@ class FlowHandler:
                 self._later(self.limits.sniff_timeout,
                             lambda: self.execute(self.relay.sniff_timeout()))
             await self._pump_client()
+            if self.answered:
+                await self._drain_answered_client()
             await self._wait_until_done()
         except asyncio.CancelledError:
             self.execute(self.relay.abort("egressguard is stopping"))
@@ -250,6 +254,8 @@ class FlowHandler:
                     await asyncio.wait_for(self.wakeup.wait(), HELD_CAP_RECHECK)
                 continue
             data = await self.c_reader.read(READ_SIZE)
+            if relay.phase is Phase.CLOSED:
+                return       # answered or reset while we waited: these bytes are not scanned
             if self.client_tls is not None:
                 data, ended = self._decrypt(data)
                 if relay.phase is Phase.CLOSED:
@@ -289,7 +295,10 @@ class FlowHandler:
         try:
             out, plain = pipe.feed(raw)
         except TlsFailed as exc:
-            self.execute(self.relay.intercept_failed(str(exc)))
+            if pipe.handshake_done:       # a broken session, not a refused certificate
+                self.execute(self.relay.abort(f"client TLS error: {exc}"))
+            else:
+                self.execute(self.relay.intercept_failed(str(exc)))
             return b"", True
         if out:
             self.c_writer.write(out)
@@ -381,15 +390,30 @@ class FlowHandler:
             self.c_writer.write(out)
 
     def _answer_client(self, data: bytes) -> None:
-        """Send our own response, then close gracefully (FIN after the data, not a reset)."""
+        """Send our own response, then close gracefully: close_notify and FIN after the data,
+        not a reset. The socket is closed only once the client has closed its side (or after
+        ANSWER_LINGER): closing with client bytes unread makes the kernel send a reset, which
+        can destroy our answer before the client reads it (a client still sending a held
+        request's body only reads the response after its last byte)."""
+        self.answered = True
         with contextlib.suppress(Exception):
             self._to_client(data)
             if self.client_tls is not None:
                 self.c_writer.write(self.client_tls.close())
+            if self.c_writer.can_write_eof():
+                self.c_writer.write_eof()
         if self.u_writer is not None:
             _abort(self.u_writer)
-        self.c_writer.close()
+        # Bounded: a client that neither reads nor closes is reset then (ends the drain below).
+        self._later(ANSWER_LINGER, lambda: _abort(self.c_writer))
         self.closed.set()
+
+    async def _drain_answered_client(self) -> None:
+        """Read and drop what the client still sends after our answer, until it closes (its
+        bytes are never forwarded or scanned: the flow is over)."""
+        with contextlib.suppress(ConnectionError, OSError):
+            while await self.c_reader.read(READ_SIZE):
+                pass
 
     async def _connect_upstream(self) -> None:
         assert self.flow is not None and self.relay is not None
@@ -440,6 +464,8 @@ class FlowHandler:
         try:
             while True:
                 data = await self.u_reader.read(READ_SIZE)
+                if self.answered:
+                    break        # our own answer ended the client's stream (TLS and TCP)
                 if not data:
                     if self.client_tls is not None:
                         with contextlib.suppress(Exception):

@@ -24,6 +24,14 @@ decompressed) and the codec turns released view bytes back into wire bytes (orig
 or a re-encoded body after a mask). Each request is labelled from the endpoint catalog
 (`http.request` events: provider, endpoint kind, model, the JSON fields that held findings);
 request rules (`request.kind` / `request.class`) decide per request before any of it leaves.
+
+A held intercepted HTTP/1.1 request that is refused (the inline wait ran out, or a denial) is
+answered with a `403` whose JSON body names the approval id (approvals/refusal.py), sent on the
+TLS session, and the connection closes: the agent learns what to ask for and that a retry can
+pass once approved. Only when the client will read it as the answer to that request: the
+request's bytes are still here, no request came after it, and it is the connection's first
+request or the client had received response bytes since its previous one (it waits for
+answers: no pipelining). Otherwise, and for plaintext and non-HTTP flows, a reset.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from .approvals.refusal import http_refusal
 from .httpcodec import HeadDone, HttpError, HttpRequestCodec, RequestDone, RequestHead
 from .jsonpaths import field_at, string_spans
 from .model import Action, Decision, Destination, Detection, FlowInfo, FlowState, Verdict
@@ -195,6 +204,10 @@ class Relay:
     _requests: list[RequestHead] = field(default_factory=list)   # recent, for JSON fields
     _request_holds: list[Verdict] = field(default_factory=list)  # asked while a hold was open
     _done_requests: list[RequestHead] = field(default_factory=list)  # not yet labelled
+    # Per recent request (by view offset): whether the client had been answered since its
+    # previous request when this one began, so a response of ours is read as this one's.
+    _in_turn: dict[int, bool] = field(default_factory=dict)
+    _down_at_head: int = -1           # flow.bytes_down when the last request head arrived
 
     # ------------------------------------------------------------------ events
     def start(self) -> list[Command]:
@@ -303,11 +316,11 @@ class Relay:
         # The hold registry already audited the decision (with who decided and why).
         out: list[Command] = []
         if not decision.approved:
-            # Reset. With TLS interception (intercepted HTTP), answer
-            # approvals.refusal.http_refusal(decision) instead: a 403 naming the approval id.
             self.flow.state = FlowState.EXPIRED if decision.timed_out else FlowState.DENIED
             why = ("hold expired" if decision.timed_out else "hold aborted" if decision.aborted
                    else f"denied by {decision.by_user}")
+            if not decision.aborted and self._refusable() is not None:
+                return out + self._close([SendClient(http_refusal(decision), why)])
             return out + self._reset(why)
         self.approved_by = decision
         self.flow.state = FlowState.APPROVED
@@ -337,16 +350,13 @@ class Relay:
             return []
         verdict = Verdict(Action.BLOCK, "tls.verify",
                           f"upstream TLS verification failed: {reason}")
-        labels = self._label_requests(force=True)
         self.flow.verdict = verdict
         self.flow.state = FlowState.BLOCKED
-        self.phase = Phase.CLOSED
-        self.pending.clear()
         body = {"error": "egressguard: the destination's TLS certificate did not verify",
                 "host": self.flow.destination.host, "flow_id": self.flow.flow_id}
-        return labels + [Emit("tls.upstream_verify_failed", {"error": reason}),
-                Emit("flow.block", {"verdict": verdict.to_dict()}),
-                SendClient(http_response(502, "Bad Gateway", body), verdict.reason)]
+        return self._close([Emit("tls.upstream_verify_failed", {"error": reason}),
+                            Emit("flow.block", {"verdict": verdict.to_dict()}),
+                            SendClient(http_response(502, "Bad Gateway", body), verdict.reason)])
 
     def intercept_failed(self, reason: str) -> list[Command]:
         """The client refused our certificate (pinning, or it does not trust the host CA)."""
@@ -531,6 +541,13 @@ class Relay:
 
     def _on_request_head(self, req: RequestHead) -> list[Command]:
         self._requests = (self._requests + [req])[-8:]
+        # Response bytes arrived since the previous head: the client waited for its answer
+        # (the proxy counts bytes_down before the client can read them).
+        self._in_turn = {r.view_start: self._in_turn.get(r.view_start, False)
+                         for r in self._requests[:-1]}
+        self._in_turn[req.view_start] = (self._down_at_head < 0
+                                         or self.flow.bytes_down > self._down_at_head)
+        self._down_at_head = self.flow.bytes_down
         decide = getattr(self.policy, "decide_request", None)
         if decide is None or self.catalog is None or self._connect_decision is None:
             return []
@@ -603,10 +620,24 @@ class Relay:
         return buf.decode("latin-1")
 
     def _request_of(self, det: Detection) -> RequestHead | None:
+        return self._request_at(det.start)
+
+    def _request_at(self, offset: int) -> RequestHead | None:
         for req in reversed(self._requests):       # newest first: the first that starts
-            if det.start >= req.view_start:        # at or before the finding holds it
+            if offset >= req.view_start:           # at or before the offset holds it
                 return req
         return None
+
+    def _refusable(self) -> RequestHead | None:
+        """The held request, if a response of ours would be read as its answer: intercepted
+        HTTP, the request's bytes still here (held), the last request the client sent (the
+        first one not released is the newest), and the client not pipelining."""
+        if self.codec is None or not self.pending or not self._requests:
+            return None
+        req = self._request_at(self.forwarded)
+        if req is not self._requests[-1] or not self._in_turn.get(req.view_start, False):
+            return None
+        return req
 
     def _field_of(self, det: Detection) -> str | None:
         """Known at once only when the request was complete (else `http.request` has it)."""
@@ -720,12 +751,17 @@ class Relay:
         return out
 
     def _reset(self, reason: str) -> list[Command]:
+        if self.flow.state not in (FlowState.DENIED, FlowState.EXPIRED):
+            self.flow.state = FlowState.BLOCKED
+        return self._close([Reset(reason)])
+
+    def _close(self, final: list[Command]) -> list[Command]:
+        """End the flow with `final` (a Reset, or our own answer): label the requests seen,
+        drop what was never released."""
         labels = self._label_requests(force=True) if self._done_requests else []
         self.phase = Phase.CLOSED
         self.pending.clear()
-        if self.flow.state not in (FlowState.DENIED, FlowState.EXPIRED):
-            self.flow.state = FlowState.BLOCKED
-        return labels + [Reset(reason)]
+        return labels + final
 
 
 def _field(spans: list[tuple[int, int, str]], req: RequestHead, det: Detection) -> str | None:

@@ -40,6 +40,30 @@ def main() -> None:
             out["error"] = f"{type(exc).__name__}: {exc}"[:300]
         print(json.dumps(out), flush=True)
         return
+    if spec.get("corrupt_after_handshake"):   # a valid handshake, then a record that fails
+        try:
+            raw = socket.create_connection((ip, port), timeout)
+            inc, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = ctx.wrap_bio(inc, outgoing, server_hostname=spec["sni"])
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    raw.sendall(outgoing.read())
+                    data = raw.recv(65536)
+                    if not data:
+                        raise ConnectionError("closed during the handshake")
+                    inc.write(data)
+            raw.sendall(outgoing.read() + b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+            out["handshake"] = True
+            raw.settimeout(10)
+            while raw.recv(65536):
+                pass
+        except (OSError, ssl.SSLError) as exc:
+            out["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        print(json.dumps(out), flush=True)
+        return
     conn = Conn(spec["sni"], port, context=ctx, timeout=timeout)
     try:
         for r in spec["requests"]:

@@ -1,12 +1,10 @@
-"""What an intercepted HTTP client is told when its request is not let through (yet).
+"""What an intercepted HTTP client is told when its held request is not let through (yet).
 
-Today the proxy sees TLS only as bytes, so a refused held flow is reset (fast and clean: the
-client sees ECONNRESET at once, not a hung socket). Once TLS interception lands (issue 3) and
-the relay knows it is in the middle of an HTTP/1.1 request, it should answer with
-`http_refusal(decision)` instead of the reset: a `403` whose JSON body names the approval
-request, so the agent (or the person reading its log) knows what to ask for and can retry once
-it is approved. The hook is `Relay.decided()` for a decision that is not approved; the relay
-only needs to send these bytes to the client before closing.
+A refused held flow is reset (fast and clean: the client sees ECONNRESET at once, not a hung
+socket), except for an intercepted HTTP/1.1 request: there `Relay.decided()` answers with
+`http_refusal(decision)` on the TLS session, then closes. A `403` whose JSON body names the
+approval request, so the agent (or the person reading its log) knows what to ask for and can
+retry once it is approved. See relay.py for when a 403 is safe to send.
 """
 
 from __future__ import annotations
@@ -33,7 +31,9 @@ def refusal_body(decision: Decision) -> dict[str, object]:
 def http_refusal(decision: Decision) -> bytes:
     """A complete HTTP/1.1 403 response for `decision` (connection: close)."""
     body = json.dumps(refusal_body(decision), sort_keys=True).encode()
+    approval = (b"X-Egressguard-Approval: " + decision.request_id.encode() + b"\r\n"
+                if decision.request_id else b"")    # none: refused before a request existed
     head = (b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n"
-            b"X-Egressguard-Approval: " + decision.request_id.encode() + b"\r\n\r\n")
+            + approval + b"\r\n")
     return head + body

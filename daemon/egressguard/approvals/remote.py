@@ -9,6 +9,12 @@ audited), and so is one whose names map to two different users.
 
 grpcio verifies the chain and the client's possession of the key (require_client_auth=True)
 before any call; `context.auth_context()` then holds the verified peer's names.
+
+The data usage ledger (`Usage`, `ListLedgerFlows`) is served here too, with the same rule as
+on the Unix socket, applied to the certificate's mapped uid: an approver sees every flow, any
+other mapped user only flows their own uid opened. The ledger holds labels and counts, never
+payloads, and an approver here already sees the same processes and destinations in pending
+holds, so a remote channel reveals nothing the local one would not show the same person.
 """
 
 from __future__ import annotations
@@ -87,15 +93,18 @@ def _read(path: str, key: str) -> bytes:
 
 async def start_remote_server(cfg: RemoteConfig, certs: Mapping[str, UserRef],
                               registry: HoldRegistry,
-                              flows_provider: Callable[[], list[FlowInfo]]) -> RemoteServer:
-    """Serve egressguard.v1.Approvals over mTLS on cfg.listen (port 0: any free port)."""
+                              flows_provider: Callable[[], list[FlowInfo]],
+                              ledger_path: str | None = None) -> RemoteServer:
+    """Serve egressguard.v1.Approvals over mTLS on cfg.listen (port 0: any free port), the
+    ledger RPCs included when `ledger_path` is given."""
     creds = grpc.ssl_server_credentials(
         [(_read(cfg.key, "key"), _read(cfg.cert, "cert"))],
         root_certificates=_read(cfg.ca, "ca"), require_client_auth=True)
     identify = certificate_identify(certs, registry.record_refusal)
     server = grpc.aio.server()
     pb_grpc.add_ApprovalsServicer_to_server(
-        ApprovalsServicer(registry, flows_provider, identify, _NO_CERT), server)
+        ApprovalsServicer(registry, flows_provider, identify, _NO_CERT, ledger_path=ledger_path),
+        server)
     health = _HealthServicer(identify, _NO_CERT)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     host, port = cfg.listen

@@ -86,7 +86,7 @@ def detection_pb(d: Detection) -> pb.Detection:
     """Masked preview and fingerprint only: the model never holds a raw value either."""
     return pb.Detection(detector=d.detector, data_class=d.cls, offset=d.start,
                         length=d.end - d.start, preview=d.preview, fingerprint=d.fingerprint,
-                        severity=d.severity)
+                        severity=d.severity, confidence=d.confidence)
 
 
 def hold_pb(h: PendingHold) -> pb.Hold:

@@ -52,15 +52,17 @@ class Channels:
 
 async def start_channels(config: Any, registry: HoldRegistry,
                          flows_provider: Callable[[], list[FlowInfo]],
-                         on_event: Callable[[str, dict[str, Any]], None]) -> Channels:
-    """Start the mTLS listener and the chat notifier/callback when configured."""
+                         on_event: Callable[[str, dict[str, Any]], None],
+                         ledger_path: str | None = None) -> Channels:
+    """Start the mTLS listener (serving the ledger at `ledger_path` too) and the chat
+    notifier/callback when configured."""
     team = config.approvals.team
     channels = Channels()
     try:
         if team.remote is not None:
             from egressguard.approvals.remote import start_remote_server
             remote = await start_remote_server(team.remote, team.identities.certs, registry,
-                                               flows_provider)
+                                               flows_provider, ledger_path=ledger_path)
             channels.stoppers.append(remote.stop)
             channels.remote_port = remote.port
         if team.chat is not None:

@@ -144,7 +144,7 @@ def destination_json(d: Any) -> dict[str, Any]:
 def detection_json(d: Any) -> dict[str, Any]:
     """Masked preview and fingerprint only; the daemon never sends a raw value."""
     return {"detector": d.detector, "class": d.data_class, "preview": d.preview,
-            "fingerprint": d.fingerprint, "severity": d.severity}
+            "fingerprint": d.fingerprint, "severity": d.severity, "confidence": d.confidence}
 
 
 def hold_json(h: Any) -> dict[str, Any]:
@@ -236,8 +236,15 @@ def _dest(d: Any) -> str:
     return f"{d.host}:{d.port} ({d.ip})" if d.host else f"{addr}:{d.port}"
 
 
+def _rating(d: Any) -> str:
+    """Like `(severity high, confidence medium)`: what an approver weighs first. Empty when the
+    daemon sent neither (an older daemon)."""
+    parts = [f"{k} {v}" for k, v in (("severity", d.severity), ("confidence", d.confidence)) if v]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def _data(dets: Iterable[Any]) -> str:
-    parts = [f"{d.detector} {d.preview}" for d in dets]
+    parts = [f"{d.detector} {d.preview}{_rating(d)}" for d in dets]
     return "; ".join(parts) if parts else "(no detections: held by destination rule)"
 
 

@@ -64,5 +64,5 @@ def _flow(r: dict[str, Any]) -> pb.LedgerFlow:
 async def _require(path: str | None, context: grpc.aio.ServicerContext) -> None:
     if not path:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                            "the data usage ledger is not served on this channel: use the "
-                            "local approvals socket")
+                            "the data usage ledger is not served by this approvals server "
+                            "(ledger off)")

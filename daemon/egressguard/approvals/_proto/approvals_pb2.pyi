@@ -78,7 +78,7 @@ class Destination(_message.Message):
     def __init__(self, ip: _Optional[str] = ..., port: _Optional[int] = ..., host: _Optional[str] = ..., transport: _Optional[str] = ..., provider: _Optional[str] = ...) -> None: ...
 
 class Detection(_message.Message):
-    __slots__ = ("detector", "data_class", "offset", "length", "preview", "fingerprint", "severity")
+    __slots__ = ("detector", "data_class", "offset", "length", "preview", "fingerprint", "severity", "confidence")
     DETECTOR_FIELD_NUMBER: _ClassVar[int]
     DATA_CLASS_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class Detection(_message.Message):
     PREVIEW_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     detector: str
     data_class: str
     offset: int
@@ -93,7 +94,8 @@ class Detection(_message.Message):
     preview: str
     fingerprint: str
     severity: str
-    def __init__(self, detector: _Optional[str] = ..., data_class: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., preview: _Optional[str] = ..., fingerprint: _Optional[str] = ..., severity: _Optional[str] = ...) -> None: ...
+    confidence: str
+    def __init__(self, detector: _Optional[str] = ..., data_class: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., preview: _Optional[str] = ..., fingerprint: _Optional[str] = ..., severity: _Optional[str] = ..., confidence: _Optional[str] = ...) -> None: ...
 
 class Verdict(_message.Message):
     __slots__ = ("action", "rule", "reason")
