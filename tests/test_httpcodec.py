@@ -5,12 +5,15 @@ fixed framing, and hostile input is an HttpError (never a crash, never an unboun
 from __future__ import annotations
 
 import gzip
+import re
+import struct
 import zlib
 
 import brotli
 import pytest
 
-from egressguard.httpcodec import HeadDone, HttpError, HttpRequestCodec, RequestDone
+from egressguard.httpcodec import (BROTLI_QUALITY, HeadDone, HttpError, HttpRequestCodec,
+                                   RequestDone)
 
 BODY = b'{"model":"gpt-4o","messages":[{"role":"user","content":"mail jo@example.org now"}]}'
 
@@ -27,8 +30,22 @@ def chunked(pieces: list[bytes], trailers: bytes = b"") -> bytes:
     return out + b"0\r\n" + trailers + b"\r\n"
 
 
+def without_extensions(raw: bytes) -> bytes:
+    """`raw` as the codec forwards it: chunk extensions (never scanned) dropped."""
+    return re.sub(rb"(?m)^([0-9a-f]+);n=\d+\r\n", rb"\1\r\n", raw)
+
+
+def bare_gzip(body: bytes) -> bytes:
+    """gzip with a header that carries nothing (no name, no mtime): forwarded as sent."""
+    return gzip.compress(body, mtime=0)
+
+
+def reencoded_br(body: bytes) -> bytes:
+    return brotli.compress(body, quality=BROTLI_QUALITY)
+
+
 def encoded(body: bytes, enc: str) -> bytes:
-    data = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress}[enc](body)
+    data = {"gzip": bare_gzip, "deflate": zlib.compress, "br": brotli.compress}[enc](body)
     return cl(data, "/v1/messages", b"Content-Encoding: " + enc.encode() + b"\r\n")
 
 
@@ -52,11 +69,15 @@ def run(raw: bytes, cuts: list[int]) -> tuple[bytes, bytes, list[str]]:
 STREAM = (cl(BODY) + chunked([b"hello ", b"wor", b"ld"], b"X-Sum: 1\r\n") + encoded(BODY, "gzip")
           + encoded(BODY, "br") + encoded(BODY, "deflate")
           + b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+# What goes out: the same, but chunk extensions dropped and the brotli body re-encoded (brotli
+# metadata blocks are never decoded into the view, and cannot be ruled out).
+STREAM_WIRE = without_extensions(STREAM).replace(
+    encoded(BODY, "br"), cl(reencoded_br(BODY), "/v1/messages", b"Content-Encoding: br\r\n"))
 
 
 def test_every_split_gives_the_same_view_and_the_original_wire_bytes() -> None:
     whole_view, whole_wire, whole_events = run(STREAM, [])
-    assert whole_wire == STREAM
+    assert whole_wire == STREAM_WIRE
     assert whole_view.count(BODY) == 4          # identity + three decoded encodings
     assert b"hello world" in whole_view and b"X-Sum: 1\r\n" in whole_view
     assert whole_events == ["HeadDone", "RequestDone"] * 6
@@ -76,7 +97,7 @@ def test_wire_follows_partial_releases_and_keeps_framing_in_place() -> None:
     for i in range(len(view)):              # release one view byte at a time
         out += c.wire(view[i:i + 1])
     out += c.wire(b"")
-    assert out == raw and not c.holding
+    assert out == without_extensions(raw) and not c.holding
 
 
 def test_compressed_request_is_held_until_its_last_view_byte() -> None:
@@ -161,7 +182,140 @@ def test_decompression_bomb_is_refused() -> None:
         HttpRequestCodec(max_decoded=1024 * 1024).feed(raw)
 
 
-def test_after_an_upgrade_bytes_pass_as_raw() -> None:
-    raw = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n\x81\x05hello"
-    view, wire, events = run(raw, [])
-    assert view == raw and wire == raw and events == ["HeadDone", "RequestDone"]
+@pytest.mark.parametrize("first", [
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n"])
+def test_upgrade_and_connect_are_refused_not_followed_raw(first: bytes) -> None:
+    """Going raw on the client's word let a later gzip request through undecoded (red team):
+    the codec does not see the server's 101 / 2xx, so it refuses both."""
+    z = gzip.compress(KEY)
+    second = cl(z, "/", b"Content-Encoding: gzip\r\n")
+    c = HttpRequestCodec()
+    with pytest.raises(HttpError, match="cannot be inspected on an intercepted flow"):
+        c.feed(first + second)
+
+
+KEY = b"AKIA" + b"Q4RZ7MXV" + b"2LKJ3HNP"       # a generated fake, never a real key
+
+
+def wire_of(raw: bytes) -> tuple[bytes, bytes]:
+    """Feed `raw`, release its whole view unchanged: (view, wire)."""
+    c = HttpRequestCodec()
+    view, _ = c.feed(raw)
+    v, _ = c.eof()
+    view += v
+    return view, c.wire(view)
+
+
+@pytest.mark.parametrize("sep", [b"\n", b"\r"])
+def test_bare_cr_or_lf_in_a_head_is_refused(sep: bytes) -> None:
+    """A lenient server splits a header line at a bare LF (or CR): `X-Pad: a<LF>Content-
+    Encoding: gzip` is a gzip body to it, one header to a CRLF-only parser (red team)."""
+    z = gzip.compress(b'{"k": "' + KEY + b'"}')
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nX-Pad: a" + sep
+            + b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(z))
+    with pytest.raises(HttpError, match="bare CR or LF"):
+        HttpRequestCodec().feed(head + z)
+
+
+def test_a_bare_lf_head_fails_at_once_and_is_never_forwarded_at_eof() -> None:
+    z = gzip.compress(KEY)
+    raw = (b"POST / HTTP/1.1\nHost: a\nContent-Encoding: gzip\nContent-Length: %d\n\n"
+           % len(z) + z)
+    with pytest.raises(HttpError, match="bare CR or LF"):
+        HttpRequestCodec().feed(raw)
+    c = HttpRequestCodec()
+    assert c.feed(b"POST / HTTP/1.1\r\nHost: a\r\nX: 1") == (b"", [])
+    assert c.eof() == (b"", []) and c.wire(b"") == b""     # an unfinished head never goes out
+
+
+def test_chunk_extensions_are_dropped_not_forwarded_unscanned() -> None:
+    raw = (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"2;note=" + KEY + b"\r\nhi\r\n0\r\n\r\n")
+    view, wire = wire_of(raw)
+    assert KEY not in view and KEY not in wire
+    assert wire == raw.replace(b";note=" + KEY, b"")
+
+
+def _gzip_with_comment(payload: bytes, comment: bytes) -> bytes:
+    co = zlib.compressobj(9, zlib.DEFLATED, -15)
+    deflated = co.compress(payload) + co.flush()
+    hdr = b"\x1f\x8b\x08\x10\x00\x00\x00\x00\x00\xff" + comment + b"\x00"
+    return hdr + deflated + struct.pack("<II", zlib.crc32(payload), len(payload))
+
+
+@pytest.mark.parametrize("body", [
+    _gzip_with_comment(b'{"messages": []}', KEY),            # FCOMMENT: skipped by zlib
+    gzip.compress(b'{"messages": []}', mtime=0x41414141),    # MTIME: 4 bytes never decoded
+    bare_gzip(b'{"a": 1}') + bare_gzip(b'{"b": 2}'),         # a second member's header
+], ids=["fcomment", "mtime", "members"])
+def test_gzip_header_fields_never_go_out_the_body_is_reencoded(body: bytes) -> None:
+    raw = cl(body, "/", b"Content-Encoding: gzip\r\n")
+    view, wire = wire_of(raw)
+    head, _, sent = wire.partition(b"\r\n\r\n")
+    assert KEY not in wire and sent != body
+    assert sent == gzip.compress(gzip.decompress(body), mtime=0)
+    assert b"Content-Length: %d\r\n" % len(sent) in head + b"\r\n"
+
+
+@pytest.mark.parametrize("enc, body", [
+    ("deflate", zlib.compress(b'{"messages": []}') + KEY),
+    ("br", brotli.compress(b'{"messages": []}') + KEY),
+    ("gzip", bare_gzip(b'{"messages": []}') + KEY),
+])
+def test_bytes_after_the_end_of_a_compressed_stream_are_refused(enc: str, body: bytes) -> None:
+    raw = cl(body, "/", b"Content-Encoding: " + enc.encode() + b"\r\n")
+    with pytest.raises(HttpError, match="after the end|corrupt"):
+        HttpRequestCodec().feed(raw)
+    c = HttpRequestCodec()                     # the tail in a later read: the same
+    c.feed(raw[:-len(KEY)])
+    with pytest.raises(HttpError, match="after the end|corrupt"):
+        c.feed(raw[-len(KEY):])
+
+
+def test_duplicate_content_length_is_refused_even_when_equal() -> None:
+    """After a mask only one of two headers could be rewritten: the server would frame the
+    re-encoded body by the stale one (request smuggling)."""
+    z = gzip.compress(BODY)
+    raw = (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n"
+           b"Content-Length: %d\r\n\r\n" % (len(z), len(z)) + z)
+    with pytest.raises(HttpError, match="Content-Length"):
+        HttpRequestCodec().feed(raw)
+
+
+def test_long_content_coding_chains_are_refused() -> None:
+    raw = cl(b"x", "/", b"Content-Encoding: " + b",".join([b"gzip"] * 12_500) + b"\r\n")
+    with pytest.raises(HttpError, match="12500 content codings"):
+        HttpRequestCodec().feed(raw)
+
+
+def test_hundreds_of_gzip_members_in_one_read_decode_iteratively() -> None:
+    body = b"".join(bare_gzip(b"%d," % i) for i in range(3000))
+    view, wire = wire_of(cl(body, "/", b"Content-Encoding: gzip\r\n"))
+    assert view.endswith(b"".join(b"%d," % i for i in range(3000)))
+    assert gzip.decompress(wire.partition(b"\r\n\r\n")[2]) == view.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET / HTTP/1.\xff\r\nHost: a\r\n\r\n",
+    b"POST / HTTP/1.1\r\nContent-Encoding: " + KEY + b"\r\nContent-Length: 1\r\n\r\nx",
+    b"POST / HTTP/1.1\r\nTransfer-Encoding: " + KEY + b"\r\n\r\n",
+])
+def test_errors_are_http_errors_that_never_echo_header_values(raw: bytes) -> None:
+    with pytest.raises(HttpError) as info:
+        HttpRequestCodec().feed(raw)
+    assert KEY.decode() not in str(info.value) and "\xff" not in str(info.value)
+
+
+def test_a_held_compressed_request_counts_and_is_capped() -> None:
+    """The codec's buffers are held bytes too (red team: a zlib bomb with its trailer
+    withheld grew the daemon past max_held_total): counted, and refused past max_held."""
+    comp = zlib.compress(b"A" * (4 * 1024 * 1024), 9)
+    head = (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Encoding: deflate\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(comp))
+    c = HttpRequestCodec()
+    c.feed(head + comp[:len(comp) // 2])
+    assert c.buffered > len(comp) // 2
+    capped = HttpRequestCodec(max_held=1024 * 1024)
+    with pytest.raises(HttpError, match="max_held_bytes"):
+        capped.feed(head + comp[:-4])

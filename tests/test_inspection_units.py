@@ -28,6 +28,7 @@ from egressguard.relay import Emit, Hold, InterceptTls, Relay, Reset, SendClient
 from egressguard.scan.engine import ScanEngine
 from egressguard.scan.mask import mask_span
 from egressguard.scan.pack import load_pack
+from egressguard.scan.redact import redact_bytes
 from egressguard.sniff import client_alpn
 from egressguard.tls.ca import HostCA
 from egressguard.tls.select import InterceptSelector
@@ -382,3 +383,51 @@ def test_a_client_hello_after_the_sniff_timeout_is_blocked_not_passed_unopened()
     r.upstream_connected()
     out = r.client_data(real_client_hello("api.mistral.ai")) + r.client_idle(final=True)
     assert any(isinstance(c, SendUpstream) for c in out)
+
+
+# ----------------------------------------------------------------------------- hostile HTTP
+def redacting_relay(rules: str, **kw: object) -> Relay:
+    r = intercepting_relay(rules)
+    r.redact = lambda data: redact_bytes(ENGINE, data)
+    for k, v in kw.items():
+        setattr(r, k, v)
+    r.start()
+    r.client_data(real_client_hello("api.openai.com"))
+    r.upstream_connected()
+    return r
+
+
+@pytest.mark.parametrize("field, raw", [
+    ("model", post(json.dumps({"model": EMAIL, "messages": []}).encode())),
+    ("content_type", post(b'{"messages": []}').replace(b"application/json", EMAIL.encode())),
+])
+def test_relay_records_request_strings_only_when_clean(field: str, raw: bytes) -> None:
+    """`model` and `content_type` are the client's: an e-mail (or a key) there reached the
+    audit log and the ledger verbatim (red team). Now by length only."""
+    r = redacting_relay("rules:\n  - {name: m, detected: [pii.email], action: mask}")
+    out = r.client_data(raw) + r.client_idle(final=True) + r.client_eof()
+    rec = next(c for c in out if isinstance(c, Emit) and c.event == "http.request").fields
+    assert rec[field] == f"<redacted, {len(EMAIL)} bytes>"
+    assert EMAIL not in json.dumps([c.fields for c in out if isinstance(c, Emit)])
+    clean = redacting_relay("rules: []")
+    out = clean.client_data(post(b'{"model": "gpt-4o", "messages": []}'))
+    out += clean.client_idle(final=True) + clean.client_eof()
+    rec = next(c for c in out if isinstance(c, Emit) and c.event == "http.request").fields
+    assert (rec["model"], rec["content_type"]) == ("gpt-4o", "application/json")
+
+
+def test_relay_turns_any_codec_exception_into_a_recorded_block() -> None:
+    r = redacting_relay("rules: []")
+    out = r.client_data(b"GET / HTTP/1.\xff\r\nHost: a\r\n\r\n")
+    assert isinstance(out[-1], Reset) and r.flow.verdict.rule == "http"
+    assert "cannot inspect the request" in r.flow.verdict.reason
+
+
+def test_relay_counts_the_codecs_held_request_and_caps_it() -> None:
+    comp = gzip.compress(b"A" * (2 * 1024 * 1024))
+    r = redacting_relay("rules: []")
+    r.client_data(post(comp, b"Content-Encoding: gzip\r\n")[:-8])   # its trailer withheld
+    assert r.codec_holding and r.buffered > 2 * 1024 * 1024 > len(r.pending)
+    capped = redacting_relay("rules: []", max_held=256 * 1024)
+    out = capped.client_data(post(comp, b"Content-Encoding: gzip\r\n")[:-8])
+    assert isinstance(out[-1], Reset) and "max_held_bytes" in capped.flow.verdict.reason

@@ -9,14 +9,22 @@ codec sits between the client's plaintext and the relay:
   The relay scans, masks (same length) and releases view bytes exactly as it does for a raw
   stream.
 - `wire(view_bytes)` turns the view bytes the relay releases back into wire bytes: the original
-  framing (chunk-size lines, CRLFs) is put back around them, so an unmasked request goes out
-  byte for byte as the client sent it.
+  framing (chunk sizes, CRLFs) is put back around them, so an unmasked request goes out byte
+  for byte as the client sent it, less its chunk extensions.
 - A request with a content encoding is *held whole* inside the codec until its last view byte
   is released. Unchanged, its original (compressed) bytes go out; masked, its body is re-encoded
   with the same codings and its framing fixed (Content-Length, or one chunk).
 
+The rule that keeps this honest: **only bytes that were in the scanned view go out verbatim.**
+Framing is rebuilt from what was parsed (chunk extensions are dropped); a compressed body whose
+raw bytes hold data no decoder put in the view (a gzip name or comment, MTIME, a second member,
+brotli metadata) is re-encoded from the view; data after the end of a compressed stream, a CR or
+LF that is not part of CRLF, duplicate Content-Length headers, CONNECT and Upgrade are refused
+(this codec does not see responses, so it cannot know that a server switched protocols). Error
+texts never echo header values: they reach the audit log.
+
 Why not h11: h11 is a fine sans-IO parser, but it hands out decoded body data and re-serialises
-heads itself, so the exact framing the client sent (chunk sizes, extensions, header spelling)
+heads itself, so the exact framing the client sent (chunk sizes, header spelling)
 would be lost; forwarding the original bytes when the verdict is allow is a requirement here.
 The parser is small: request line, headers, Content-Length / chunked, trailers; anything it
 cannot parse is an `HttpError`, which the relay treats as fail-closed (the flow is blocked).
@@ -39,12 +47,25 @@ import brotli
 
 MAX_HEAD = 64 * 1024
 MAX_CHUNK_LINE = 4 * 1024
+MAX_CODINGS = 3                          # Content-Encoding layers decoded (more: HttpError)
 DEFAULT_MAX_DECODED = 16 * 1024 * 1024
 DEFAULT_CAPTURE = 4 * 1024 * 1024       # decoded body kept for metadata (JSON paths, model)
+BROTLI_QUALITY = 5                       # re-encoding: 11 (the default) costs seconds per MiB
 
 _TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _CONTENT_LENGTH = re.compile(rb"(?im)^(content-length[ \t]*:[ \t]*)(\d+)")
 DECODABLE = ("gzip", "x-gzip", "deflate", "br")
+# Codings named in an error as they are; any other value is reported by its length only (a
+# header value is attacker-chosen and can carry a secret: it must not reach the audit log).
+_KNOWN_CODINGS = frozenset(DECODABLE + ("identity", "chunked", "compress", "x-compress", "zstd",
+                                        "dcb", "dcz", "exi", "pack200-gzip", "aes128gcm"))
+_TOO_LARGE = "decoded body too large (tls.max_decoded_body, proxy.max_held_bytes)"
+_BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+def _named(values: list[str]) -> str:
+    """Codings for an error message: known names verbatim, anything else by length only."""
+    return ", ".join(v if v in _KNOWN_CODINGS else f"<unknown, {len(v)} bytes>" for v in values)
 
 
 class HttpError(Exception):
@@ -118,7 +139,6 @@ class _State(enum.Enum):
     CHUNK_DATA = "chunk-data"
     CHUNK_END = "chunk-end"
     TRAILERS = "trailers"
-    RAW = "raw"                         # after CONNECT / Upgrade: no more HTTP framing
 
 
 # ---------------------------------------------------------------------------- wire items
@@ -142,19 +162,38 @@ class _Held:
     chunked: bool
     encodings: tuple[str, ...]
     raw: bytearray = field(default_factory=bytearray)
-    view: bytearray = field(default_factory=bytearray)
-    released: bytearray = field(default_factory=bytearray)
+    view: bytearray = field(default_factory=bytearray)   # released bytes are written over it
+    released: int = 0
+    changed: bool = False            # a released byte differs from the view (masked)
+    reencode: bool = False           # the raw bytes carry data the view lacks: never forward
     body_len: int = 0
     complete: bool = False
 
+    @property
+    def size(self) -> int:
+        return len(self.raw) + len(self.view)
+
+    def release(self, data: bytes) -> None:
+        end = self.released + len(data)
+        if not self.changed and self.view[self.released:end] != data:
+            self.changed = True
+        self.view[self.released:end] = data
+        self.released = end
+
+    def must_reencode(self) -> None:
+        """Part of the compressed bytes never reached the view (a gzip header's name or
+        comment, brotli metadata): only a re-encoding of the view may go out."""
+        self.reencode = True
+        self.raw = bytearray()
+
     def wire_bytes(self) -> bytes:
-        if self.released == self.view:
+        if not self.changed and not self.reencode:
             return bytes(self.raw)
-        # Masked: re-encode the masked body, fix the framing. Masks keep lengths, so the
-        # head, body and trailer boundaries of the view still hold.
-        head = bytes(self.released[:self.head_len])
-        body = bytes(self.released[self.head_len:self.head_len + self.body_len])
-        trailers = bytes(self.released[self.head_len + self.body_len:])
+        # Masked (or unscanned bytes in the original): re-encode the released view, fix the
+        # framing. Masks keep lengths, so the head, body and trailer boundaries still hold.
+        head = bytes(self.view[:self.head_len])
+        body = bytes(self.view[self.head_len:self.head_len + self.body_len])
+        trailers = bytes(self.view[self.head_len + self.body_len:])
         encoded = encode_body(body, self.encodings)
         if self.chunked:
             chunk = b"%x\r\n%s\r\n" % (len(encoded), encoded) if encoded else b""
@@ -178,20 +217,41 @@ class _Decoder:
             data = stage.feed(data, self.limit - self.total + 1)
         self.total += len(data)
         if self.total > self.limit:
-            raise HttpError(f"decoded body larger than {self.limit} bytes")
+            raise HttpError(f"decoded body larger than {self.limit} bytes (tls.max_decoded_body, "
+                          "proxy.max_held_bytes)")
         return data
 
+    @property
+    def unscanned(self) -> bool:
+        """Some compressed bytes carried data that no stage decoded into the view."""
+        return any(stage.unscanned for stage in self.stages)
+
     def finish(self) -> bytes:
-        out = b""
+        # Each stage's tail goes through the later stages once, then they finish in turn:
+        # linear in the number of stages (at most MAX_CODINGS anyway).
+        data = b""
         for i, stage in enumerate(self.stages):
-            data = stage.finish()
-            for later in self.stages[i + 1:]:
-                data = later.feed(data, self.limit - self.total + 1)
-            out += data
+            if i:
+                data = stage.feed(data, self.limit - self.total + 1)
+            data += stage.finish()
+        out = data
         self.total += len(out)
         if self.total > self.limit:
-            raise HttpError(f"decoded body larger than {self.limit} bytes")
+            raise HttpError(f"decoded body larger than {self.limit} bytes (tls.max_decoded_body, "
+                          "proxy.max_held_bytes)")
         return out
+
+
+_GZIP_HEADER = 10
+_GZIP_OS = frozenset(range(14)) | {255}
+
+
+def _gzip_header_is_bare(header: bytes) -> bool:
+    """True when a gzip member header carries nothing but fixed fields: no FEXTRA, FNAME,
+    FCOMMENT or FHCRC (zlib skips them: they never reach the view), MTIME zero, and the XFL
+    and OS bytes one of their defined values. Anything else and the body is re-encoded."""
+    flg, mtime, xfl, os_ = header[3], header[4:8], header[8], header[9]
+    return flg == 0 and mtime == b"\0\0\0\0" and xfl in (0, 2, 4) and os_ in _GZIP_OS
 
 
 class _Zlib:
@@ -199,37 +259,56 @@ class _Zlib:
         self.gzip = gzip
         self.obj: Any = None
         self.head = b""
+        self.members = 0
+        self.unscanned = False
+
+    def _start(self, data: bytes) -> bytes | None:
+        """Open a decoder once enough of the stream's (or gzip member's) header is here;
+        the bytes to decompress, or None while the header is incomplete."""
+        self.head += data
+        if self.gzip:
+            if len(self.head) < _GZIP_HEADER:
+                return None
+            self.members += 1
+            if self.members > 1 or not _gzip_header_is_bare(self.head):
+                self.unscanned = True
+            self.obj = zlib.decompressobj(31)
+        else:
+            # "deflate" is zlib-wrapped by the RFC; some clients send raw deflate.
+            if len(self.head) < 2:
+                return None
+            cmf, flg = self.head[0], self.head[1]
+            zlib_wrapped = (cmf & 0x0F) == 8 and (cmf * 256 + flg) % 31 == 0
+            self.obj = zlib.decompressobj(15 if zlib_wrapped else -15)
+        data, self.head = self.head, b""
+        return data
 
     def feed(self, data: bytes, limit: int) -> bytes:
-        if self.obj is None:
-            if not self.gzip:
-                # "deflate" is zlib-wrapped by the RFC; some clients send raw deflate.
-                self.head += data
-                if len(self.head) < 2:
-                    return b""
-                cmf, flg = self.head[0], self.head[1]
-                zlib_wrapped = (cmf & 0x0F) == 8 and (cmf * 256 + flg) % 31 == 0
-                self.obj = zlib.decompressobj(15 if zlib_wrapped else -15)
-                data, self.head = self.head, b""
-            else:
-                self.obj = zlib.decompressobj(31)
+        out = bytearray()
         try:
-            out = self.obj.decompress(data, limit)
-            if self.obj.unconsumed_tail:
-                raise HttpError("decoded body too large")
-            if self.gzip and self.obj.eof and self.obj.unused_data:
-                # A second gzip member: continue with a fresh decoder.
-                rest = self.obj.unused_data
-                self.obj = zlib.decompressobj(31)
-                out += self.feed(rest, limit - len(out))
+            # Iterative over gzip members: one read may hold hundreds of them.
+            while data:
+                if self.obj is not None and self.obj.eof:
+                    if not self.gzip:
+                        raise HttpError("data after the end of the compressed body")
+                    self.obj = None              # another gzip member: a fresh decoder
+                if self.obj is None:
+                    started = self._start(data)
+                    if started is None:
+                        break
+                    data = started
+                out += self.obj.decompress(data, max(limit - len(out), 1))
+                if self.obj.unconsumed_tail:
+                    raise HttpError(_TOO_LARGE)
+                data = self.obj.unused_data if self.obj.eof else b""
         except zlib.error as exc:
             raise HttpError(f"corrupt compressed body: {exc}") from None
-        return out
+        return bytes(out)
 
     def finish(self) -> bytes:
+        if self.head:
+            raise HttpError("corrupt compressed body: truncated")
         if self.obj is None:
-            if self.head:
-                raise HttpError("corrupt compressed body: truncated")
             return b""
         if not self.obj.eof:
             raise HttpError("corrupt compressed body: truncated")
@@ -237,6 +316,10 @@ class _Zlib:
 
 
 class _Brotli:
+    # Brotli metadata meta-blocks are skipped by every decoder (never in the view) and the
+    # Python binding cannot tell whether a stream has one: a brotli body is always re-encoded.
+    unscanned = True
+
     def __init__(self) -> None:
         self.obj = brotli.Decompressor()
 
@@ -244,7 +327,7 @@ class _Brotli:
         try:
             out = self.obj.process(data, output_buffer_limit=max(limit, 1))
             if len(out) >= limit and not self.obj.can_accept_more_data():
-                raise HttpError("decoded body too large")
+                raise HttpError(_TOO_LARGE)
         except brotli.error as exc:
             raise HttpError(f"corrupt compressed body: {exc}") from None
         return out
@@ -272,7 +355,7 @@ def encode_body(body: bytes, encodings: tuple[str, ...]) -> bytes:
         elif enc == "deflate":
             body = zlib.compress(body)
         else:
-            body = brotli.compress(body)
+            body = brotli.compress(body, quality=BROTLI_QUALITY)
     return body
 
 
@@ -282,9 +365,12 @@ class HttpRequestCodec:
     bytes back to wire bytes."""
 
     def __init__(self, max_decoded: int = DEFAULT_MAX_DECODED,
-                 capture: int = DEFAULT_CAPTURE):
+                 capture: int = DEFAULT_CAPTURE, max_held: int | None = None):
         self.max_decoded = max_decoded
         self.capture = capture
+        # A compressed request is held whole (raw and view) until it completes: past
+        # `max_held` bytes it is refused rather than buffered (the proxy's per-flow cap).
+        self.max_held = max_held
         self.state = _State.HEAD
         self.view_len = 0                  # view bytes produced so far
         self._buf = bytearray()
@@ -295,6 +381,7 @@ class HttpRequestCodec:
         self._remaining = 0
         self._out = bytearray()
         self._events: list[HttpEvent] = []
+        self._head_seen = 0                # bytes of an unfinished head already searched
         self.requests = 0
 
     # ------------------------------------------------------------------ parsing
@@ -309,28 +396,41 @@ class HttpRequestCodec:
 
     def eof(self) -> tuple[bytes, list[HttpEvent]]:
         """The client finished. A request cut off in the middle of a compressed body is
-        dropped (it could only reach the server truncated, and its tail was never decoded)."""
+        dropped (it could only reach the server truncated, and its tail was never decoded),
+        and so is an unfinished head: never parsed, its framing is unknown (a head with bare
+        LF line ends would otherwise go out with its body undecoded)."""
         self._out = bytearray()
         self._events = []
         if self._held is not None and not self._held.complete:
             self._items = deque(i for i in self._items if i is not self._held)
             self._held = None
-        if self.state is _State.HEAD and self._buf:
-            # An unfinished head: pass it through as scanned bytes (the server will reject it).
-            self._emit_view(bytes(self._buf))
+        if self.state is _State.HEAD:
             self._buf.clear()
         for item in self._items:
             if isinstance(item, _Verbatim):
                 item.open = False
         return bytes(self._out), self._events
 
+    @property
+    def buffered(self) -> int:
+        """Bytes this codec keeps (unparsed input, a held request's raw bytes and view): the
+        proxy counts them in its held-buffer caps like the relay's pending bytes."""
+        held = sum(i.size for i in self._items if isinstance(i, _Held))
+        return len(self._buf) + held
+
+    @property
+    def holding_whole(self) -> bool:
+        """A compressed request is kept whole (until its end arrives and is released)."""
+        return any(isinstance(i, _Held) for i in self._items)
+
+    def _check_held(self) -> None:
+        if self.max_held is not None and self._held is not None \
+                and self._held.size > self.max_held:
+            raise HttpError(f"compressed request larger than {self.max_held} bytes held "
+                            "(proxy.max_held_bytes): it is inspected whole")
+
     def _step(self) -> bool:
         st = self.state
-        if st is _State.RAW:
-            if self._buf:
-                self._emit_view(bytes(self._buf))
-                self._buf.clear()
-            return False
         if st is _State.HEAD:
             return self._parse_head()
         if st in (_State.BODY, _State.CHUNK_DATA):
@@ -355,10 +455,13 @@ class HttpRequestCodec:
                 return False
             line = bytes(self._buf[:i])
             del self._buf[:i + 2]
-            size_txt = line.split(b";", 1)[0].strip()
-            if not size_txt or not re.fullmatch(rb"[0-9a-fA-F]{1,15}", size_txt):
+            size_txt = line.split(b";", 1)[0].strip(b" \t")
+            if not size_txt or not re.fullmatch(rb"[0-9a-fA-F]{1,15}", size_txt) \
+                    or b"\r" in line or b"\n" in line:
                 raise HttpError("bad chunk size")
-            self._frame(line + b"\r\n")
+            # Chunk extensions are never scanned (not in the view): they are dropped, only the
+            # size goes out (RFC 9112 7.1.1: a recipient ignores extensions it does not know).
+            self._frame(size_txt + b"\r\n")
             size = int(size_txt, 16)
             if size == 0:
                 self.state = _State.TRAILERS
@@ -383,6 +486,8 @@ class HttpRequestCodec:
                 return False
             line = bytes(self._buf[:i + 2])
             del self._buf[:i + 2]
+            if _BARE_CR_OR_LF.search(line[:-2]):
+                raise HttpError("bare CR or LF in a trailer line")
             if line == b"\r\n":
                 self._frame(line)
                 self._request_done()
@@ -399,8 +504,18 @@ class HttpRequestCodec:
         if n:
             self._emit_view(bytes(self._buf[:n]))
             del self._buf[:n]
-        end = self._buf.find(b"\r\n\r\n")
+            self._head_seen = 0
+        # Search only what arrived since the last look (a few bytes back for a split CRLF):
+        # a head sent one byte per TLS record must not cost quadratic time.
+        end = self._buf.find(b"\r\n\r\n", max(0, self._head_seen - 3))
+        # A CR or LF that is not part of CRLF: lenient servers split lines there, this codec
+        # would not (a hidden Content-Encoding, or a head that never ends): refuse it at once.
+        bare = _BARE_CR_OR_LF.search(self._buf, max(0, self._head_seen - 1),
+                                     len(self._buf) if end < 0 else end + 4)
+        if bare is not None and (end >= 0 or bare.end() < len(self._buf)):
+            raise HttpError("bare CR or LF in the request head (only CRLF ends a line)")
         if end < 0:
+            self._head_seen = len(self._buf)
             if len(self._buf) > MAX_HEAD:
                 raise HttpError(f"request head larger than {MAX_HEAD} bytes")
             if self._buf and not _could_start_request(bytes(self._buf[:16])):
@@ -408,14 +523,24 @@ class HttpRequestCodec:
             return False
         head = bytes(self._buf[:end + 4])
         del self._buf[:end + 4]
+        self._head_seen = 0
         req = _parse_request_head(head, self.view_len)
         self._req = req
         self.requests += 1
+        if req.method == "CONNECT" or req.header("upgrade"):
+            # After a 101 or a 2xx the connection carries another protocol this codec cannot
+            # follow; going raw on the client's word alone let any later request through
+            # unparsed. Refused on intercepted flows (the proxy does not read responses).
+            raise HttpError(f"{'CONNECT' if req.method == 'CONNECT' else 'Upgrade'} cannot be "
+                            "inspected on an intercepted flow (refused)")
         if req.encodings and (req.chunked or req.content_length):
             self._held = _Held(len(head), req.chunked, req.encodings)
             self._held.raw += head
             self._items.append(self._held)
-            self._decoder = _Decoder(req.encodings, self.max_decoded)
+            # Decoded output is bounded by the held cap too, so one read of a bomb never
+            # inflates past it (before, up to max_decoded at once).
+            limit = min(self.max_decoded, self.max_held or self.max_decoded)
+            self._decoder = _Decoder(req.encodings, limit)
         self._emit_view(head)
         self._events.append(HeadDone(req))
         req.body_start = self.view_len
@@ -433,8 +558,11 @@ class HttpRequestCodec:
         self._req.raw_body_len += len(data)
         if self._held is not None:
             assert self._decoder is not None
-            self._held.raw += data
+            if not self._held.reencode:
+                self._held.raw += data
             decoded = self._decoder.feed(data)
+            if self._decoder.unscanned and not self._held.reencode:
+                self._held.must_reencode()
         else:
             decoded = data
         self._body_view(decoded)
@@ -452,16 +580,19 @@ class HttpRequestCodec:
         if self._held is not None:
             self._held.body_len += len(decoded)
         self._emit_view(decoded)
+        self._check_held()
 
     def _trailer(self, line: bytes) -> None:
         self._finish_decoding()
-        if self._held is not None:
+        if self._held is not None and not self._held.reencode:
             self._held.raw += line
         self._emit_view(line)
 
     def _finish_decoding(self) -> None:
         if self._decoder is not None:
             tail = self._decoder.finish()
+            if self._decoder.unscanned and self._held is not None and not self._held.reencode:
+                self._held.must_reencode()
             self._decoder = None
             self._body_view(tail)
 
@@ -477,8 +608,7 @@ class HttpRequestCodec:
         req.done = True
         self._events.append(RequestDone(req))
         self._req = None
-        upgrade = req.method == "CONNECT" or bool(req.header("upgrade"))
-        self.state = _State.RAW if upgrade else _State.HEAD
+        self.state = _State.HEAD
 
     # ------------------------------------------------------------------ view and wire
     def _emit_view(self, data: bytes) -> None:
@@ -497,7 +627,8 @@ class HttpRequestCodec:
 
     def _frame(self, data: bytes) -> None:
         if self._held is not None:
-            self._held.raw += data
+            if not self._held.reencode:
+                self._held.raw += data
             return
         last = self._items[-1] if self._items else None
         if isinstance(last, _Verbatim):
@@ -527,10 +658,10 @@ class HttpRequestCodec:
                     items.popleft()
                     continue
                 break
-            take = min(len(item.view) - len(item.released), len(view) - pos)
-            item.released += view[pos:pos + take]
+            take = min(len(item.view) - item.released, len(view) - pos)
+            item.release(view[pos:pos + take])
             pos += take
-            if item.complete and len(item.released) == len(item.view):
+            if item.complete and item.released == len(item.view):
                 out += item.wire_bytes()
                 items.popleft()
                 continue
@@ -553,7 +684,8 @@ def _could_start_request(prefix: bytes) -> bool:
 def _parse_request_head(head: bytes, view_start: int) -> RequestHead:
     lines = head[:-4].split(b"\r\n")
     parts = lines[0].split(b" ")
-    if len(parts) != 3 or not _TOKEN.match(parts[0]) or not parts[2].startswith(b"HTTP/1."):
+    if len(parts) != 3 or not _TOKEN.match(parts[0]) or parts[2] not in (b"HTTP/1.1",
+                                                                        b"HTTP/1.0"):
         raise HttpError("malformed request line")
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
@@ -565,24 +697,28 @@ def _parse_request_head(head: bytes, view_start: int) -> RequestHead:
                       parts[2].decode("ascii"), headers, view_start, len(head))
     te = [v.strip().lower() for k, vs in headers if k.lower() == "transfer-encoding"
           for v in vs.split(",") if v.strip()]
-    cls = {v for k, v in headers if k.lower() == "content-length"}
+    cls = [v for k, v in headers if k.lower() == "content-length"]
     if te:
         if te[-1] != "chunked" or any(t != "chunked" for t in te):
-            raise HttpError(f"unsupported transfer-encoding {', '.join(te)}")
+            raise HttpError(f"unsupported transfer-encoding {_named(te)}")
         if cls:
             # RFC 9112 6.3: both present is a smuggling vector; refuse rather than guess.
             raise HttpError("both Transfer-Encoding and Content-Length")
         req.chunked = True
     elif cls:
-        if len(cls) != 1 or not next(iter(cls)).isdigit() or len(next(iter(cls))) > 15:
-            raise HttpError("invalid Content-Length")
-        req.content_length = int(next(iter(cls)))
+        # Two Content-Length headers, even equal: a re-encoded body would fix only one.
+        if len(cls) != 1 or not re.fullmatch(r"[0-9]{1,15}", cls[0]):
+            raise HttpError("invalid Content-Length (one header, decimal digits only)")
+        req.content_length = int(cls[0])
     ce = [v.strip().lower() for k, vs in headers if k.lower() == "content-encoding"
           for v in vs.split(",") if v.strip()]
     ce = [c for c in ce if c != "identity"]
     unknown = [c for c in ce if c not in DECODABLE]
     if unknown:
         # The scanner cannot see inside zstd & co: fail closed rather than forward blind.
-        raise HttpError(f"content-encoding {', '.join(unknown)} cannot be inspected")
+        raise HttpError(f"content-encoding {_named(unknown)} cannot be inspected")
+    if len(ce) > MAX_CODINGS:
+        # Each layer is a decoder stage on the event loop: a chain of thousands wedges it.
+        raise HttpError(f"{len(ce)} content codings (at most {MAX_CODINGS} are inspected)")
     req.encodings = tuple(ce)
     return req

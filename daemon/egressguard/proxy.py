@@ -202,7 +202,8 @@ class FlowHandler:
         self.relay = Relay(self.flow, self.proxy.policy_provider(), engine.open_stream(),
                            self.proxy.masker, redact=lambda data: redact_bytes(engine, data),
                            interceptor=self.proxy.interceptor, catalog=self.proxy.catalog,
-                           max_decoded=self.proxy.max_decoded)
+                           max_decoded=self.proxy.max_decoded,
+                           max_held=self.limits.max_held_bytes)
         self.proxy.flows[self.flow.flow_id] = self.flow
         try:
             self.execute(self.relay.start())
@@ -239,7 +240,14 @@ class FlowHandler:
         relay = self.relay
         while relay.phase is not Phase.CLOSED:
             limits = self.proxy.limits
-            if relay.phase is not Phase.FORWARDING and len(relay.pending) >= limits.max_held_bytes:
+            if relay.codec_holding and self.proxy.held_total >= limits.max_held_total:
+                # A compressed request is inspected whole, so waiting for room would not free
+                # any: refuse it (the per-flow cap is the codec's, see HttpRequestCodec).
+                self.execute(relay.refuse_held(
+                    f"proxy.max_held_total={limits.max_held_total} bytes reached while a "
+                    "compressed request was held whole for inspection"))
+                return
+            if relay.phase is not Phase.FORWARDING and relay.buffered >= limits.max_held_bytes:
                 # Held (or not yet connected) and the buffer is full: stop reading; TCP
                 # backpressure makes the client wait.
                 self.wakeup.clear()
@@ -376,7 +384,7 @@ class FlowHandler:
                 self.reset_reason = cmd.reason
                 self._answer_client(cmd.data)
         if self.relay is not None:
-            held = len(self.relay.pending)
+            held = self.relay.buffered          # pending and the HTTP codec's buffers
             self.proxy.held_total += held - self._held_counted
             self._held_counted = held
         self.wakeup.set()

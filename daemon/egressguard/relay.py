@@ -39,6 +39,7 @@ from __future__ import annotations
 import bisect
 import enum
 import itertools
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -89,6 +90,8 @@ class Emit:
 
 
 MAX_FIELDS = 16          # JSON field paths listed per detector and request
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
+_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,64}/[a-z0-9!#$&^_.+-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ class Relay:
     interceptor: Any = None           # tls.select.InterceptSelector (None: never intercept)
     catalog: Any = None               # catalog.Catalog (None: no provider labels)
     max_decoded: int = 16 * 1024 * 1024
+    max_held: int | None = None       # proxy.max_held_bytes: the HTTP codec's cap too
     phase: Phase = Phase.SNIFFING
     pending: bytearray = field(default_factory=bytearray)   # received, not yet forwarded
     forwarded: int = 0                # absolute offset of pending[0]
@@ -236,7 +240,7 @@ class Relay:
         if self.codec is not None:
             try:
                 view, events = self.codec.feed(data)
-            except HttpError as exc:
+            except Exception as exc:          # noqa: BLE001 - hostile input must not escape
                 return self._http_error(exc)
             return self._http_view(view, events)
         self.pending += data
@@ -497,12 +501,35 @@ class Relay:
         self.received = 0
         self.flow.bytes_up = 0
         self.flow.intercepted = True
-        self.codec = HttpRequestCodec(max_decoded=self.max_decoded)
+        self.codec = HttpRequestCodec(max_decoded=self.max_decoded, max_held=self.max_held)
         return [Emit("tls.intercept", {"sni": host}), InterceptTls(host, hello)]
 
+    @property
+    def buffered(self) -> int:
+        """Bytes this flow keeps: pending plus the HTTP codec's (a held compressed request),
+        what the proxy's held-buffer caps count."""
+        return len(self.pending) + (self.codec.buffered if self.codec is not None else 0)
+
+    @property
+    def codec_holding(self) -> bool:
+        """The codec keeps a request whole (compressed): reading on only grows it."""
+        return self.codec is not None and self.codec.holding_whole
+
+    def refuse_held(self, reason: str) -> list[Command]:
+        """The proxy's held-buffer total is reached while the codec holds a request whole."""
+        if self.phase is Phase.CLOSED:
+            return []
+        verdict = Verdict(Action.BLOCK, "proxy.max_held_total", reason)
+        self.flow.verdict = verdict
+        return [Emit("flow.block", {"verdict": verdict.to_dict()})] + self._reset(reason)
+
     # ------------------------------------------------------------------ HTTP (intercepted)
-    def _http_error(self, exc: HttpError) -> list[Command]:
-        verdict = Verdict(Action.BLOCK, "http", f"cannot inspect the request: {exc}")
+    def _http_error(self, exc: Exception) -> list[Command]:
+        # HttpError texts never echo header values (httpcodec); anything else the codec
+        # raised on hostile input (a bug) is named by its type only, and still fails closed.
+        why = str(exc) if isinstance(exc, HttpError) else \
+            f"the request could not be parsed ({type(exc).__name__})"
+        verdict = Verdict(Action.BLOCK, "http", f"cannot inspect the request: {why}")
         self.flow.verdict = verdict
         self.flow.state = FlowState.BLOCKED
         return [Emit("flow.block", {"verdict": verdict.to_dict()})] + self._reset(verdict.reason)
@@ -578,13 +605,26 @@ class Relay:
                     paths.append(path)
         rec: dict[str, Any] = {
             "method": req.method, "path": self._masked_path(req),
-            "content_type": req.content_type, "content_encoding": ",".join(req.encodings),
+            "content_type": self._recordable(req.content_type, _MEDIA_TYPE),
+            "content_encoding": ",".join(req.encodings),
             "body_bytes": req.raw_body_len, "decoded_bytes": req.body_end - req.body_start,
             "fields": fields}
         if info is not None:
             rec.update(info.to_dict())
+            rec["model"] = self._recordable(rec.get("model", ""), _MODEL_NAME)
         req.body = b""            # labelled: the captured body is not kept (memory)
         return [Emit("http.request", rec)]
+
+    def _recordable(self, value: str, shape: re.Pattern[str]) -> str:
+        """A request-derived string (model, content type) as the audit log may show it: the
+        client chose it, so it can carry a secret. Verbatim only when it has the expected
+        shape and the detectors find nothing in it; otherwise by its length only."""
+        if not value:
+            return value
+        raw = value.encode("utf-8", "surrogateescape")
+        if shape.fullmatch(value) and (self.redact is None or self.redact(raw) == raw):
+            return value
+        return f"<redacted, {len(raw)} bytes>"
 
     def _spans(self, req: RequestHead) -> list[tuple[int, int, str]]:
         """The finished request's JSON string spans, walked once (keys holding a finding are

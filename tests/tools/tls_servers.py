@@ -16,9 +16,12 @@ import json
 import os
 import socket
 import ssl
+import subprocess
 import threading
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -227,3 +230,15 @@ class HttpsRecorder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def trust_bundle(host: Any, directory: Path, *also: str) -> str:
+    """A CA bundle an agent (as nobody) can read: the daemon's host CA (`egressguard ca
+    export`) plus the PEM files in `also` (a test CA the upstream servers use)."""
+    res = subprocess.run([host.python, "-m", "egressguard", "ca", "export", "--config",
+                          str(host.config_path)], capture_output=True, text=True, timeout=30,
+                         check=True)
+    bundle = directory / "trust.pem"
+    bundle.write_text(res.stdout + "".join(Path(p).read_text() for p in also))
+    os.chmod(bundle, 0o644)
+    return str(bundle)
