@@ -22,7 +22,7 @@ import pytest
 
 from egressguard.harness import GuardedHost, base_config, free_port
 from tests.test_e2e_guard import audit_events as audit
-from tests.test_e2e_guard import finish, wait_for
+from tests.test_e2e_guard import finish, pending, wait_for
 from tests.tools.tls_servers import HttpsRecorder, TestCA, trust_bundle
 
 pytestmark = pytest.mark.kernel
@@ -239,3 +239,18 @@ def test_a_withheld_zlib_bomb_is_held_within_the_caps(capped: dict[str, Any]) ->
                       timeout=20)
     assert all("max_held_bytes" in b["reason"] for b in blocks)
     assert grown < 8, f"the daemon grew {grown:.0f} MiB with 1 MiB / 2 MiB caps"
+
+
+def test_a_held_key_given_as_the_model_is_never_recorded_raw(capped: dict[str, Any]) -> None:
+    """The held request's `model` is the key itself: not in the audit log, not in the pending
+    list an approver reads, and (denied) not at the server."""
+    host, srv = capped["host"], capped["server"]
+    body = json.dumps({"model": KEY, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    proc = start(capped, [send(post(body)), recv(25)])
+    hold = wait_for(lambda: next(iter(pending(host)), None))
+    in_pending = KEY in json.dumps(pending(host))
+    host.egressctl("deny", hold["id"], "--reason", "hostile test")
+    finish(proc, timeout=60)
+    wait_for(lambda: any(e["event"] == "http.request" for e in audit(host)), timeout=15)
+    assert not in_pending and KEY.encode() not in srv.all_data()
+    assert_never_recorded(host, KEY)
