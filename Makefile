@@ -30,6 +30,7 @@ bench: install
 	$(PY) bench/detection.py
 	$(PY) bench/proxy.py
 	$(PY) bench/tls.py
+	$(PY) bench/httpcodec.py
 	$(PY) bench/load.py
 	$(PY) bench/sinks.py
 	$(PY) bench/approvals.py
