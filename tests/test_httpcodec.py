@@ -319,3 +319,12 @@ def test_a_held_compressed_request_counts_and_is_capped() -> None:
     capped = HttpRequestCodec(max_held=1024 * 1024)
     with pytest.raises(HttpError, match="max_held_bytes"):
         capped.feed(head + comp[:-4])
+
+
+def test_compressed_bytes_that_decode_to_nothing_still_count_against_the_cap() -> None:
+    empty_stored_block = b"\x00\x00\x00\xff\xff"         # a non-final stored block of 0 bytes
+    body = empty_stored_block * 100_000
+    raw = (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Encoding: deflate\r\n"
+           b"Content-Length: %d\r\n\r\n" % (len(body) + 10) + body)
+    with pytest.raises(HttpError, match="max_held_bytes"):
+        HttpRequestCodec(max_held=64 * 1024).feed(raw)

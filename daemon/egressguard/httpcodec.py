@@ -563,6 +563,7 @@ class HttpRequestCodec:
             decoded = self._decoder.feed(data)
             if self._decoder.unscanned and not self._held.reencode:
                 self._held.must_reencode()
+            self._check_held()          # compressed bytes that decode to nothing count too
         else:
             decoded = data
         self._body_view(decoded)
