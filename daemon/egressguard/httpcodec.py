@@ -419,9 +419,10 @@ class HttpRequestCodec:
         return len(self._buf) + held
 
     @property
-    def holding_whole(self) -> bool:
-        """A compressed request is kept whole (until its end arrives and is released)."""
-        return any(isinstance(i, _Held) for i in self._items)
+    def receiving_whole(self) -> bool:
+        """A compressed request is being received: kept whole, it needs its end to arrive
+        before any of it can be released (so waiting for buffer room would free nothing)."""
+        return self._held is not None
 
     def _check_held(self) -> None:
         if self.max_held is not None and self._held is not None \

@@ -512,8 +512,8 @@ class Relay:
 
     @property
     def codec_holding(self) -> bool:
-        """The codec keeps a request whole (compressed): reading on only grows it."""
-        return self.codec is not None and self.codec.holding_whole
+        """The codec is receiving a compressed request, kept whole until it ends."""
+        return self.codec is not None and self.codec.receiving_whole
 
     def refuse_held(self, reason: str) -> list[Command]:
         """The proxy's held-buffer total is reached while the codec holds a request whole."""
