@@ -139,16 +139,23 @@ class _State:
     def sink_status(self) -> list[dict[str, Any]]:
         return [{"name": "siem", "lag_events": 7}]
 
+    def intercept_failures(self) -> list[dict[str, Any]]:
+        return [{"uid": 65534, "host": "api.openai.com"}]
+
 
 def test_scanned_bytes_count_open_flows_live_and_never_twice() -> None:
     m, state = GuardMetrics(), _State()
     state.live_up = 1000                          # a long upload, still open
     m.refresh(state)
     assert m.value("egressguard_scanned_bytes_total") == 1000
-    m.on_event("flow.close", _flow(Action.ALLOW), {"bytes_up": 1000, "bytes_down": 0})
+    # It closed held and expired: scanned, received, never delivered.
+    m.on_event("flow.close", _flow(Action.HOLD), {"bytes_up": 0, "bytes_from_client": 1000,
+                                                  "bytes_down": 0})
     state.live_up = 0                             # it closed: its bytes moved to the counter
     m.refresh(state)
     assert m.value("egressguard_scanned_bytes_total") == 1000
+    assert m.value("egressguard_bytes_total", {"direction": "up"}) == 0
+    assert m.value("egressguard_tls_intercept_failures_remembered") == 1
     state.live_up = 500
     m.refresh(state)
     assert m.value("egressguard_scanned_bytes_total") == 1500

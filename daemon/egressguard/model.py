@@ -196,6 +196,7 @@ class FlowInfo:
     bytes_down: int = 0
     bytes_delivered: int = 0              # bytes the destination was sent (after masks)
     intercepted: bool = False             # TLS opened: bytes are the decrypted HTTP stream
+    tls_passthrough: str = ""             # why a flow selected for interception passed unopened
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -210,4 +211,5 @@ class FlowInfo:
             "bytes_down": self.bytes_down,
             "bytes_delivered": self.bytes_delivered,
             "intercepted": self.intercepted,
+            "tls_passthrough": self.tls_passthrough,
         }

@@ -232,8 +232,8 @@ def _proc(p: Any) -> str:
 
 
 def _dest(d: Any) -> str:
-    addr = f"[{d.ip}]" if ":" in d.ip else d.ip
-    return f"{d.host}:{d.port} ({d.ip})" if d.host else f"{addr}:{d.port}"
+    from egressguard.cli.usage import host_port
+    return f"{d.host}:{d.port} ({d.ip})" if d.host else host_port(d.ip, d.port)
 
 
 def _rating(d: Any) -> str:
@@ -243,9 +243,13 @@ def _rating(d: Any) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def _data(dets: Iterable[Any]) -> str:
+def _data(dets: Iterable[Any], rule: str = "", reason: str = "") -> str:
+    """The findings; with none, the rule that held the flow without content (a destination
+    or a request rule such as `request.class: dataset_export`) and its reason."""
     parts = [f"{d.detector} {d.preview}{_rating(d)}" for d in dets]
-    return "; ".join(parts) if parts else "(no detections: held by destination rule)"
+    if parts:
+        return "; ".join(parts)
+    return f"(no detections: {_why(rule, reason)})" if rule else "(no detections)"
 
 
 def _why(rule: str, reason: str) -> str:
@@ -269,7 +273,7 @@ def hold_text(h: Any) -> str:
         f"  why:   {_why(h.rule, h.reason)}",
         f"  who:   {_who(h.process)}, {_proc(h.process)}",
         f"  where: {_dest(h.destination)}",
-        f"  data:  {_data(h.detections)}",
+        f"  data:  {_data(h.detections, h.rule, h.reason)}",
         f"  flow:  {h.flow_id}",
     ] + extra)
 
@@ -285,7 +289,7 @@ def _event_line(e: Any) -> str:
     if kind == "opened":
         return (f"{when} opened  {h.id}  {_who(h.process)} pid {h.process.pid} "
                 f"{h.process.exe or h.process.comm} -> {_dest(h.destination)}  "
-                f"{_data(h.detections)}  (rule {h.rule}, expires in {_duration(h.expires_in_s)})")
+                f"{_data(h.detections, h.rule, h.reason)}  (rule {h.rule}, expires in {_duration(h.expires_in_s)})")
     d = e.decision
     outcome = _OUTCOME_NAMES.get(d.outcome, "unknown")
     if kind == "decided":

@@ -23,6 +23,12 @@ def parse_since(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+def host_port(host_or_ip: str, port: int) -> str:
+    """`name:443`, `127.0.0.1:80`, `[::1]:39991`: the one way egressctl writes an address
+    (an IPv6 literal needs its brackets, or the port reads as part of it)."""
+    return f"[{host_or_ip}]:{port}" if ":" in host_or_ip else f"{host_or_ip}:{port}"
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -74,9 +80,21 @@ def ledger_flow_json(f: Any) -> dict[str, Any]:
         "rule": f.rule, "state": f.state, "intercepted": f.intercepted,
         "requests": f.requests, "models": list(f.models),
         "endpoint_kinds": list(f.endpoint_kinds), "approval_id": f.approval_id,
+        "tls_passthrough": f.tls_passthrough,
         "detections": [{"detector": x.detector, "class": x.data_class, "count": x.count,
                         "fields": list(x.fields)} for x in f.detections],
     }
+
+
+def _action(f: Any) -> str:
+    """The policy's action, then how an approval request (if any) and TLS ended for the flow:
+    `hold (h-1a2b, closed)`, `hold (h-1a2b, denied)`, `allow NOT INSPECTED (intercept_failure)`."""
+    text = f.action or "-"
+    if f.approval_id:
+        text += f" ({f.approval_id}, {f.state})"
+    if f.tls_passthrough:
+        text += f" NOT INSPECTED ({f.tls_passthrough})"
+    return text
 
 
 def cmd_ledger_flows(args: argparse.Namespace, client: Any) -> int:
@@ -96,8 +114,8 @@ def cmd_ledger_flows(args: argparse.Namespace, client: Any) -> int:
         rows.append((
             time.strftime("%H:%M:%S", time.localtime(f.closed_at)), f.flow_id,
             f.process.user or f"uid:{f.process.uid}", (f.process.exe or f.process.comm)[-28:],
-            f"{d.host or d.ip}:{d.port}", d.provider or "-", ",".join(f.models) or "-",
-            ",".join(f.endpoint_kinds) or "-", f.action or "-",
+            host_port(d.host or d.ip, d.port), d.provider or "-", ",".join(f.models) or "-",
+            ",".join(f.endpoint_kinds) or "-", _action(f),
             ",".join(f"{x.detector}x{x.count}" for x in f.detections) or "-",
             f"{f.bytes_up}/{f.bytes_down}"))
     print(_table(rows))
