@@ -32,7 +32,7 @@ AGENT = str(Path(__file__).parent / "tools" / "tls_agent.py")
 AWS_KEY_ID = "AKIA" + "Q4RZ7MXV" + "2LKJ3HNP"
 AWS_KEY_ID_2 = "AKIA" + "W3NB8TQC" + "6PZR4YDK"     # another key: not an identical retry
 EMAIL = "mary.major" + "@" + "corp-example.org"
-OTHER_UID = 12345                   # a second agent user (no passwd entry needed)
+OTHER_UID = 23456                   # a second agent user (no passwd entry needed)
 PASSTHROUGH_TTL_S = 8               # short enough to wait for, long enough for two agent runs
 
 HOSTS = {  # SNI -> loopback stand-in

@@ -148,7 +148,7 @@ def flow_pb(f: FlowInfo) -> pb.Flow:
     msg = pb.Flow(flow_id=f.flow_id, process=process_pb(f.process),
                   destination=destination_pb(f.destination), opened_at=f.opened_at,
                   state=f.state.value, detections=[detection_pb(d) for d in f.detections],
-                  bytes_up=f.bytes_up, bytes_down=f.bytes_down)
+                  bytes_up=f.bytes_delivered, bytes_down=f.bytes_down)   # up: delivered
     if f.verdict is not None:
         msg.verdict.CopyFrom(pb.Verdict(action=f.verdict.action.value, rule=f.verdict.rule,
                                         reason=f.verdict.reason))
