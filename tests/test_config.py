@@ -52,11 +52,14 @@ def test_example_policy_is_valid_and_complete():
     assert [a.uid for a in cfg.approvals.approvers] == [1001, 0]
     assert cfg.approvals.timeout == 120.0 and cfg.approvals.on_timeout == "deny"
     assert cfg.default_action is Action.ALLOW
-    assert [r.name for r in cfg.rules] == ["no-paste-sites", "build-bot-may-push",
-                                          "secrets-need-approval", "no-emails-out"]
-    assert cfg.rules[0].destination.port == ((80, 80), (443, 443))
-    assert cfg.rules[1].process.user[0].uid == 1002
-    assert cfg.rules[2].detected == ("secret.*",)
+    assert [r.name for r in cfg.rules] == ["no-paste-sites", "no-exfil-network",
+                                          "build-bot-may-push", "secrets-need-approval",
+                                          "no-emails-out"]
+    assert cfg.rules[0].destination.host == ("*.pastebin.com",)
+    assert cfg.rules[0].destination.port == ()
+    assert cfg.rules[1].destination.port == ((80, 80), (443, 443))
+    assert cfg.rules[2].process.user[0].uid == 1002
+    assert cfg.rules[3].detected == ("secret.*",)
     custom = cfg.detectors.custom[0]
     assert (custom.id, custom.cls, custom.pattern) == ("custom.ticket_token", "secret",
                                                        "TKT-[0-9A-F]{24}")
@@ -67,7 +70,7 @@ def test_example_policy_is_valid_and_complete():
 def test_example_policy_reports_missing_users_on_this_host():
     # alice and ci are placeholders: on a host without them, check says so (and nothing else).
     issues = check_config(EXAMPLES / "policy.yaml", KNOWN, resolve_user=lambda n: None)
-    assert {i.field for i in issues} == {"approvals.approvers[0]", "rules[1].process.user[0]"}
+    assert {i.field for i in issues} == {"approvals.approvers[0]", "rules[2].process.user[0]"}
 
 
 def test_demo_config_is_valid_on_this_host():

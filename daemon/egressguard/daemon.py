@@ -37,6 +37,7 @@ from egressguard.scan.engine import ScanEngine
 from egressguard.scan.mask import mask_span
 from egressguard.scan.pack import all_detectors, enabled_detectors, pack_warnings
 from egressguard.scan.redact import redact_args
+from egressguard.startfail import probes_on_cgroup, probes_outcome, start_failure_reason
 
 log = logging.getLogger("egressguard.daemon")
 
@@ -231,6 +232,8 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
     poller: asyncio.Task[None] | None = None
     ticker: asyncio.Task[None] | None = None
     metrics_server: MetricsServer | None = None
+    started = False             # "ready" was reached: the run ends in daemon.stop
+    failure: BaseException | None = None
     try:
         if config.metrics.listen:
             metrics_server = MetricsServer(metrics, config.metrics.listen)
@@ -277,6 +280,7 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
                 f"cannot write the audit log {config.audit.path} (audit.path): the first "
                 f"events were not on disk after {AUDIT_START_TIMEOUT:g}s") from None
         ticker = asyncio.create_task(_tick(state, notifier))
+        started = True
         print("egressguard ready", flush=True)
         notifier.ready(state.status_line())
         log.info("ready cgroup=%s proxy=%s:%d approvals=%s failure_mode=%s adopted=%d",
@@ -284,15 +288,19 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
                  config.approvals.socket, config.failure_mode, len(probes.adopted))
         await stop.wait()
         log.info("stopping")
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         notifier.stopping()
         if attached:
             probes.release()   # closed: stays attached (refusing); open: detached
-            if config.failure_mode == "closed":
-                log.warning("probes stay attached to %s (failure_mode: closed): guarded "
-                            "connections are refused until egressguard runs again; "
-                            "'egressguard detach --config %s' removes them", config.scope.cgroup,
-                            path)
+        left = probes_on_cgroup(state.cgroup_path)
+        if left and config.failure_mode == "closed":
+            log.warning("probes stay attached to %s (failure_mode: closed): guarded "
+                        "connections are refused until egressguard runs again; "
+                        "'egressguard detach --config %s' removes them", config.scope.cgroup,
+                        path)
         for task in (poller, ticker, *reloads):
             if task is not None:
                 task.cancel()
@@ -304,9 +312,14 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
             await server.stop()
         if channels is not None:
             await channels.stop()
-        bus.emit("daemon.stop", None, {
-            "pid": os.getpid(),
-            "probes": "kept" if attached and config.failure_mode == "closed" else "detached"})
+        outcome = {"pid": os.getpid(),
+                   "probes": probes_outcome(attached, config.failure_mode),
+                   "programs_attached": left}
+        if started:
+            bus.emit("daemon.stop", None, outcome)
+        else:       # a start that failed: no daemon.start came before this, or it was not
+            bus.emit("daemon.start_failed", None,  # written (the audit flush failed)
+                     {**outcome, "reason": start_failure_reason(failure)})
         inspection.close()
         try:
             await asyncio.wait_for(audit.close(), AUDIT_START_TIMEOUT * 3)
