@@ -450,15 +450,29 @@ def cmd_reload(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
+_AS_READER = "; nothing was verified: run as a user who may read the audit log (e.g. root)"
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check the hash chain of an audit log (no daemon needed)."""
     try:
         from egressguard.audit.verify import verify_set
     except ImportError as e:
         raise CtlError(f"audit verify is not available in this installation: {e}", EXIT_USAGE)
-    if not os.path.exists(args.file):
-        raise CtlError(f"no such file: {args.file}", EXIT_USAGE)
+    try:
+        os.stat(args.file)
+    except FileNotFoundError:
+        raise CtlError(f"no such file: {args.file}", EXIT_USAGE) from None
+    except OSError as e:    # e.g. a folder on the way that this user may not enter
+        raise CtlError(f"cannot read {args.file}: {e.strerror or e}{_AS_READER}",
+                       EXIT_USAGE) from None
     result = verify_set(args.file)         # the file and its rotated segments, one chain
+    if getattr(result, "unreadable", False):   # a read error is not evidence of tampering
+        raise CtlError(f"{result.message}{_AS_READER}", EXIT_USAGE)
+    set_of = getattr(result, "set_of", None)
+    if set_of:
+        print(printable(f"note: {args.file} is a rotated segment: checked as part of the "
+                        f"set of {set_of}"))
     if result.ok:
         if result.message.startswith(f"{result.events} events in "):
             print(f"OK: {result.message.split(';')[0]}")
@@ -472,7 +486,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         message = message[len(prefix):]
     file = getattr(result, "file", None)
     where = f"{file}: " if file and file != args.file else ""
-    print(printable(f"TAMPERED: {where}line {result.line}: {message}"))
+    line = f"line {result.line}: " if result.line is not None else ""
+    print(printable(f"TAMPERED: {where}{line}{message}"))
     return EXIT_REFUSED
 
 
