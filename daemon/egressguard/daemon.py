@@ -30,6 +30,7 @@ from egressguard import __version__
 from egressguard.config import Config, load_config
 from egressguard.errors import ConfigError, ConfigIssue, EnvironmentProblem
 from egressguard.events import EventBus, audit_record
+from egressguard.logview import as_key_values, log_fields
 from egressguard.model import Destination
 from egressguard.policy.evaluate import Policy
 from egressguard.proxy import GuardProxy, Origin, ProxyLimits
@@ -412,11 +413,5 @@ def _log_event(event: str, flow: Any, fields: dict[str, Any]) -> None:
     if event in ("flow.open", "flow.close", "http.request", "tls.intercept") \
             and not log.isEnabledFor(logging.DEBUG):
         return
-    fid = flow.flow_id if flow is not None else "-"
-    dest = f"{flow.destination.ip}:{flow.destination.port}" if flow is not None else "-"
-    verdict = fields.get("verdict") or {}
-    decision = fields.get("decision") if isinstance(fields.get("decision"), dict) else {}
-    log.info("event=%s flow=%s dest=%s action=%s rule=%s hold=%s outcome=%s", event, fid, dest,
-             verdict.get("action", "-"), verdict.get("rule") or fields.get("rule") or "-",
-             fields.get("hold_id", "-"), decision.get("outcome", "-"))
-
+    view = log_fields(event, flow, fields)
+    log.info("%s", as_key_values(view), extra={"fields": view})
