@@ -855,7 +855,8 @@ class _Checker:
         s = self.string(node, f)
         if s is None:
             return None
-        example = "127.0.0.1:15001" if family == 4 else "[::1]:15001"
+        port_eg = 9464 if role == "metrics" else 15001     # not the proxy's port for metrics
+        example = f"127.0.0.1:{port_eg}" if family == 4 else f"[::1]:{port_eg}"
         m = re.fullmatch(r"\[([^\]]+)\]:(\d+)" if family == 6 else r"([^:\[\]]+):(\d+)", s)
         try:
             addr = ipaddress.ip_address(m.group(1)) if m else None

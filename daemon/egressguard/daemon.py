@@ -31,7 +31,7 @@ from egressguard.config import Config, load_config
 from egressguard.errors import ConfigError, ConfigIssue, EnvironmentProblem
 from egressguard.events import EventBus, audit_record
 from egressguard.logview import as_key_values, log_fields
-from egressguard.model import Destination
+from egressguard.model import Destination, host_port
 from egressguard.policy.evaluate import Policy
 from egressguard.proxy import GuardProxy, Origin, ProxyLimits
 from egressguard.scan.engine import ScanEngine
@@ -209,6 +209,7 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
                         registry=registry, probes=probes, metrics=metrics,
                         cgroup_path=mount + config.scope.cgroup,
                         sink_provider=sink_provider or (sinks.status if sinks else None))
+    metrics.policy_loaded_at(state.loaded_at)      # what status shows as the load time
     reloader = Reloader(state, key, bus, compile_config, parse_config, notifier)
     operations = Operations(
         status=state.status, reload=reloader.reload,
@@ -242,8 +243,8 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
                 metrics_server.start()
             except OSError as exc:
                 metrics_server = None
-                host, port = config.metrics.listen
-                raise EnvironmentProblem(f"cannot serve metrics on {host}:{port} "
+                raise EnvironmentProblem(f"cannot serve metrics on "
+                                         f"{host_port(*config.metrics.listen)} "
                                          f"(metrics.listen): {exc.strerror or exc}") from None
         registry.start()             # resume stored requests and grants (audited)
         channels = await start_channels(config, registry, proxy.all_flows, on_hold_event,

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from egressguard.events import audit_record
+from egressguard.model import host_port
 
 # Nested parts of an audit record the log line shows only through the keys picked below.
 _NESTED_SHOWN = ("process", "destination", "decision", "detections", "verdict")
@@ -29,7 +30,7 @@ def log_fields(event: str, flow: Any, fields: dict[str, Any]) -> dict[str, Any]:
     dest = rec.get("destination")
     if isinstance(dest, dict) and dest.get("ip"):
         ip = str(dest["ip"])
-        out["dest"] = f"[{ip}]:{dest.get('port')}" if ":" in ip else f"{ip}:{dest.get('port')}"
+        out["dest"] = host_port(ip, dest.get("port"))
         if dest.get("host"):
             out["host"] = dest["host"]
     proc = rec.get("process")
