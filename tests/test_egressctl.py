@@ -243,3 +243,16 @@ def test_vote_events_render() -> None:
     assert ctl.event_json(ev)["event"] == "voted"
     assert ctl.event_json(ev)["decision"]["outcome"] == "voted"
     assert "voted   h-abcdefghij  by bob (uid 1001): fine (1 of 2)" in ctl.event_text(ev)
+
+
+def test_approve_once_with_a_ttl_is_a_usage_error(tmp_path: Any,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # refused before connecting: the socket does not exist, yet the answer is exit 2, not 3
+    sock = str(tmp_path / "none.sock")
+    for scope in ([], ["--scope", "once"]):
+        assert ctl.main(["--socket", sock, "approve", "h-1", "--reason", "x", "--ttl", "5m",
+                         *scope]) == 2
+        err = capsys.readouterr().err
+        assert "--ttl sets the lifetime of a grant" in err and "--scope" in err
+    assert ctl.main(["--socket", sock, "approve", "h-1", "--reason", "x", "--ttl", "5m",
+                     "--scope", "process"]) == 3          # a grant scope: on to the daemon

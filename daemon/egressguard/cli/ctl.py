@@ -351,6 +351,8 @@ def _decide(args: argparse.Namespace, client: Client, approve: bool) -> int:
                         f"{d.votes} of {d.required}; it needs another approver"))
         return EXIT_OK
     verb = "approved" if approve else "denied"
+    if approve and args.break_glass:
+        verb = "approved by break-glass (quorum bypassed, audited as critical)"
     print(printable(f"{verb} {d.hold_id} (flow {d.flow_id}) as {d.by_user} (uid {d.by_uid}): "
                     f"{d.reason}"))
     if d.grant_id:
@@ -601,9 +603,18 @@ def _tls(args: argparse.Namespace) -> tuple[str, bytes, bytes, bytes] | None:
     return args.server, files[0], files[1], files[2]
 
 
+def _check_usage(args: argparse.Namespace) -> None:
+    """Option combinations argparse cannot express, refused before anything is sent."""
+    if getattr(args, "ttl", None) is not None and getattr(args, "scope", None) == "once":
+        raise CtlError("--ttl sets the lifetime of a grant: it needs --scope "
+                       "process-destination or process (--scope once creates no grant)",
+                       EXIT_USAGE)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_usage(args)
         if getattr(args, "local", False):
             return args.func(args)
         client = Client(args.socket, _tls(args))
