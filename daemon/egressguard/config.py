@@ -351,9 +351,11 @@ def _approvals(c: "_Checker", node: YNode | None) -> ApprovalsConfig:
     if m is None:
         return d
     socket = c.path(m["socket"], "approvals.socket") if "socket" in m else d.socket
-    approvers = tuple(u for u in (c.user(n, f) for n, f in
-                                  c.items(m.get("approvers"), "approvals.approvers",
-                                          empty_ok=True)) if u)
+    resolved = [c.user(n, f) for n, f in c.items(m.get("approvers"), "approvals.approvers",
+                                                  empty_ok=True)]
+    approvers = tuple(u for u in resolved if u)
+    if len(approvers) < len(resolved):
+        c.incomplete.add("approvals.approvers")
     timeout = c.duration(m["timeout"], "approvals.timeout") if "timeout" in m else None
     on_timeout = c.choice(m["on_timeout"], "approvals.on_timeout", ("deny", "allow")) \
         if "on_timeout" in m else None
@@ -668,7 +670,8 @@ def _cross_checks(c: "_Checker", top: dict[str, YNode],
         c.issue(line, "approvals.approvers",
                 "the policy holds flows but nobody may approve them: list approvers")
     for i, r, n in rules:
-        if r.approvals is not None:
+        # an incomplete global list (e.g. a user missing on this host) is reported already
+        if r.approvals is not None and "approvals.approvers" not in c.incomplete:
             check_quorum_fits(c, n.line, f"rules[{i}].approvals", r.approvals,
                               len({a.uid for a in approvals.approvers}))
 
@@ -748,6 +751,9 @@ class _Checker:
         self.top_lines: dict[str, int] = {}
         self.item_lines: dict[str, int] = {}
         self.bad_sections: set[str] = set()
+        # lists that lost entries to issues reported already (e.g. a user missing here):
+        # checks that count their entries would only add follow-on noise
+        self.incomplete: set[str] = set()
 
     def issue(self, line: int | None, field_: str, message: str) -> None:
         self.issues.append(ConfigIssue(self.source, line, field_, message))
