@@ -173,7 +173,9 @@ def test_quorum_of_two_with_a_repeated_approver_and_break_glass(team: GuardedHos
         assert report["error"] is None and server.all_data() == payload
         # break-glass: one approver is enough, and it is loud
         req2 = refused_inline(team, workdir, server, http_post(b"token " + TOKEN2.encode()))
-        ctl_ok(team, "approve", req2["id"], "--reason", "INC-42 outage", "--break-glass")
+        out = ctl_ok(team, "approve", req2["id"], "--reason", "INC-42 outage", "--break-glass")
+        assert out.startswith(f"approved by break-glass (quorum bypassed, audited as critical) "
+                              f"{req2['id']} ")
     decision = [e for e in events(team, "flow.decision") if e["hold_id"] == req["id"]][-1]
     assert [a["uid"] for a in decision["approvers"]] == [0, DAEMON_UID]
     (bg,) = [e for e in events(team, "approval.break_glass") if e["hold_id"] == req2["id"]]

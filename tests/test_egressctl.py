@@ -254,7 +254,8 @@ def test_vote_events_render() -> None:
 def test_ledger_lines_write_addresses_like_pending_does(capsys: Any) -> None:
     """One formatter for every address egressctl prints: an IPv6 literal keeps its brackets in
     ledger lines too, and the action column says how an approval and TLS ended."""
-    from egressguard.cli.usage import cmd_ledger_flows, host_port
+    from egressguard.cli.usage import cmd_ledger_flows
+    from egressguard.model import host_port
     assert host_port("::1", 39991) == "[::1]:39991" == ctl._dest(pb.Destination(ip="::1",
                                                                                  port=39991))
     assert host_port("127.0.0.1", 80) == "127.0.0.1:80"
@@ -279,3 +280,16 @@ def test_ledger_lines_write_addresses_like_pending_does(capsys: Any) -> None:
     out = capsys.readouterr().out
     assert "[::1]:39991" in out and "hold (h-1, denied)" in out
     assert "allow NOT INSPECTED (intercept_failure)" in out
+
+
+def test_approve_once_with_a_ttl_is_a_usage_error(tmp_path: Any,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # refused before connecting: the socket does not exist, yet the answer is exit 2, not 3
+    sock = str(tmp_path / "none.sock")
+    for scope in ([], ["--scope", "once"]):
+        assert ctl.main(["--socket", sock, "approve", "h-1", "--reason", "x", "--ttl", "5m",
+                         *scope]) == 2
+        err = capsys.readouterr().err
+        assert "--ttl sets the lifetime of a grant" in err and "--scope" in err
+    assert ctl.main(["--socket", sock, "approve", "h-1", "--reason", "x", "--ttl", "5m",
+                     "--scope", "process"]) == 3          # a grant scope: on to the daemon

@@ -138,6 +138,11 @@ class GuardMetrics:
         self.info.info({"version": __version__, "failure_mode": failure_mode,
                         "policy_hash": policy_hash})
 
+    def policy_loaded_at(self, when: float) -> None:
+        """The start's policy counts as loaded too (a reload sets it again when applied):
+        otherwise the gauge reads 0 until the first reload."""
+        self.policy_loaded.set(when)
+
     def refresh(self, state: StateView) -> None:
         """Copy the daemon's live state into gauges (called on the event loop)."""
         self.open_flows.set(state.open_flows())

@@ -37,6 +37,12 @@ class FlowState(str, enum.Enum):
     CLOSED = "closed"
 
 
+def host_port(host: str, port: int | str) -> str:
+    """`host:port`, with an IPv6 address in brackets (`[::1]:9464`) so it reads as one, and
+    works in a URL."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True)
 class Process:
     """Who opened the connection. pid/uid/gid/comm/cgroup_id come from the kernel at connect time

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from egressguard import __version__
 from egressguard.metrics import GuardMetrics
+from egressguard.model import host_port
 
 SinkProvider = Callable[[], list[dict[str, Any]]]
 SINK_FIELDS = ("name", "kind", "format", "acked_seq", "lag_events", "last_error")
@@ -118,6 +119,5 @@ class DaemonState:
             "held_bytes": self.held_bytes(),
             "sinks": self.sink_status(),
             "intercept_failures": self.intercept_failures(),
-            "metrics_listen": (f"{cfg.metrics.listen[0]}:{cfg.metrics.listen[1]}"
-                               if cfg.metrics.listen else ""),
+            "metrics_listen": (host_port(*cfg.metrics.listen) if cfg.metrics.listen else ""),
         }

@@ -137,7 +137,10 @@ def grant_pb(g: Grant) -> pb.Grant:
                    expires_in_s=max(0.0, g.deadline - time.monotonic()),
                    approvers=[pb.Vote(uid=int(a["uid"]), user=str(a["user"]),
                                       channel=str(a.get("channel", "unix")),
-                                      principal=str(a.get("principal", ""))) for a in g.approvers])
+                                      principal=str(a.get("principal", "")),
+                                      reason=str(a.get("reason", "")),   # absent: older grants
+                                      scope=str(a.get("scope", "")), at=float(a.get("at", 0.0)))
+                              for a in g.approvers])
     if g.destination is not None:
         msg.destination.CopyFrom(pb.Destination(ip=g.destination.ip, port=g.destination.port,
                                                 host=g.destination.host, transport="tcp"))

@@ -232,7 +232,7 @@ def _proc(p: Any) -> str:
 
 
 def _dest(d: Any) -> str:
-    from egressguard.cli.usage import host_port
+    from egressguard.model import host_port
     return f"{d.host}:{d.port} ({d.ip})" if d.host else host_port(d.ip, d.port)
 
 
@@ -355,6 +355,8 @@ def _decide(args: argparse.Namespace, client: Client, approve: bool) -> int:
                         f"{d.votes} of {d.required}; it needs another approver"))
         return EXIT_OK
     verb = "approved" if approve else "denied"
+    if approve and args.break_glass:
+        verb = "approved by break-glass (quorum bypassed, audited as critical)"
     print(printable(f"{verb} {d.hold_id} (flow {d.flow_id}) as {d.by_user} (uid {d.by_uid}): "
                     f"{d.reason}"))
     if d.grant_id:
@@ -454,15 +456,29 @@ def cmd_reload(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
+_AS_READER = "; nothing was verified: run as a user who may read the audit log (e.g. root)"
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check the hash chain of an audit log (no daemon needed)."""
     try:
         from egressguard.audit.verify import verify_set
     except ImportError as e:
         raise CtlError(f"audit verify is not available in this installation: {e}", EXIT_USAGE)
-    if not os.path.exists(args.file):
-        raise CtlError(f"no such file: {args.file}", EXIT_USAGE)
+    try:
+        os.stat(args.file)
+    except FileNotFoundError:
+        raise CtlError(f"no such file: {args.file}", EXIT_USAGE) from None
+    except OSError as e:    # e.g. a folder on the way that this user may not enter
+        raise CtlError(f"cannot read {args.file}: {e.strerror or e}{_AS_READER}",
+                       EXIT_USAGE) from None
     result = verify_set(args.file)         # the file and its rotated segments, one chain
+    if getattr(result, "unreadable", False):   # a read error is not evidence of tampering
+        raise CtlError(f"{result.message}{_AS_READER}", EXIT_USAGE)
+    set_of = getattr(result, "set_of", None)
+    if set_of:
+        print(printable(f"note: {args.file} is a rotated segment: checked as part of the "
+                        f"set of {set_of}"))
     if result.ok:
         if result.message.startswith(f"{result.events} events in "):
             print(f"OK: {result.message.split(';')[0]}")
@@ -476,7 +492,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         message = message[len(prefix):]
     file = getattr(result, "file", None)
     where = f"{file}: " if file and file != args.file else ""
-    print(printable(f"TAMPERED: {where}line {result.line}: {message}"))
+    line = f"line {result.line}: " if result.line is not None else ""
+    print(printable(f"TAMPERED: {where}{line}{message}"))
     return EXIT_REFUSED
 
 
@@ -590,9 +607,18 @@ def _tls(args: argparse.Namespace) -> tuple[str, bytes, bytes, bytes] | None:
     return args.server, files[0], files[1], files[2]
 
 
+def _check_usage(args: argparse.Namespace) -> None:
+    """Option combinations argparse cannot express, refused before anything is sent."""
+    if getattr(args, "ttl", None) is not None and getattr(args, "scope", None) == "once":
+        raise CtlError("--ttl sets the lifetime of a grant: it needs --scope "
+                       "process-destination or process (--scope once creates no grant)",
+                       EXIT_USAGE)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_usage(args)
         if getattr(args, "local", False):
             return args.func(args)
         client = Client(args.socket, _tls(args))

@@ -11,6 +11,8 @@ import re
 import time
 from typing import Any
 
+from egressguard.model import host_port
+
 _SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 3600}
 
@@ -21,12 +23,6 @@ def parse_since(text: str) -> float:
     if not m or float(m.group(1)) <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a period like 30m, 24h or 7d")
     return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def host_port(host_or_ip: str, port: int) -> str:
-    """`name:443`, `127.0.0.1:80`, `[::1]:39991`: the one way egressctl writes an address
-    (an IPv6 literal needs its brackets, or the port reads as part of it)."""
-    return f"[{host_or_ip}]:{port}" if ":" in host_or_ip else f"{host_or_ip}:{port}"
 
 
 def _size(n: int) -> str:
