@@ -41,6 +41,11 @@ def test_votes_grants_and_revoke_over_the_socket(sockdir: str) -> None:
             (grant,) = [json.loads(line) for line in out.splitlines()]
             assert grant["scope"] == "process-destination" and grant["process"]["uid"] == owner
             assert [a["user"] for a in grant["approvers"]] == ["root", "nobody"]
+            # each approver's own vote, as pending shows it (not at 0.0, reason "", scope "")
+            assert [(a["reason"], a["scope"]) for a in grant["approvers"]] == \
+                [("one", "process"), ("two", "process-destination")]
+            assert all(a["at"] >= grant["created_at"] - 60 and a["at"] > 0
+                       for a in grant["approvers"])
             assert 0 < grant["expires_in_s"] <= 120
             rc, out, err = await ctl(sock, "grants", uid=owner)        # the owner sees its own
             assert rc == 0 and grant["id"] in out

@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -188,3 +190,58 @@ def test_reader_after_an_error_resumes_from_the_cursor_not_past_it(tmp_path):
         raise AssertionError("a bad line must be an error")
     path.write_bytes(b"".join(data))              # repaired
     assert [e.seq for e in reader.read_after(Cursor(), 100)] == list(range(1, 51))
+
+
+def _ctl_verify(path: Path, as_nobody: bool = False) -> subprocess.CompletedProcess[str]:
+    def nobody() -> None:
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+    return subprocess.run([sys.executable, "-m", "egressguard.cli.ctl", "audit", "verify",
+                           str(path)], capture_output=True, text=True, timeout=60,
+                          preexec_fn=nobody if as_nobody else None)
+
+
+def test_cli_a_read_error_is_not_tampering():
+    """Run as nobody: an unreadable file and an unreadable folder are exit 2 with the reason,
+    never TAMPERED (exit 1), never "no such file", and no "None" line number."""
+    d = Path(tempfile.mkdtemp(prefix="eg-verify-"))
+    try:
+        os.chmod(d, 0o755)
+        path = d / "audit.jsonl"
+        asyncio.run(write_rotating(path, 30, rotate=1 << 30))      # one file
+        os.chmod(path, 0o600)
+        res = _ctl_verify(path, as_nobody=True)
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert f"cannot read {path}: Permission denied" in res.stderr
+        assert "TAMPERED" not in res.stdout + res.stderr and "None" not in res.stderr
+        assert "nothing was verified" in res.stderr
+        for f in d.iterdir():
+            os.chmod(f, 0o644)
+        assert _ctl_verify(path, as_nobody=True).returncode == 0    # the same log, readable
+        os.chmod(d, 0o700)                                          # now the folder is closed
+        res = _ctl_verify(path, as_nobody=True)
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert "Permission denied" in res.stderr and "no such file" not in res.stderr
+        assert "TAMPERED" not in res.stdout + res.stderr
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_cli_a_rotated_segment_is_verified_with_its_set(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    asyncio.run(write_rotating(path, 400))
+    files = segments.log_set(str(path))
+    middle = files[2].path
+    assert segments.active_of(middle) == str(path) and segments.active_of(str(path)) is None
+    res = _ctl_verify(Path(middle))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"note: {middle} is a rotated segment: checked as part of the set of {path}" \
+        in res.stdout
+    assert "OK: 400 events in " in res.stdout and "follows seq" not in res.stdout
+    # tampering inside the given segment is still found and named
+    data = Path(middle).read_bytes().splitlines(keepends=True)
+    data[1] = data[1].replace(b'"n":', b'"n":9', 1)
+    Path(middle).write_bytes(b"".join(data))
+    res = _ctl_verify(Path(middle))
+    assert res.returncode == 1 and "TAMPERED:" in res.stdout and "line 2:" in res.stdout

@@ -95,6 +95,33 @@ def test_check_unknown_detector_in_rule(tmp: Path) -> None:
     assert "rules[0].detected[0]" in line and "secret.nope" in line and "did you mean" in line
 
 
+def test_check_warns_when_other_users_cannot_reach_the_approvals_socket(tmp: Path) -> None:
+    """A socket inside state_dir (created 0700) or any folder closed to others: check still
+    says OK (root-only approvals may be intended) but warns, naming the folder."""
+    state = tmp / "state"
+    cases = [(state / "approvals.sock", str(state), "0700 (as the daemon will create it: "
+                                                    "state_dir)")]
+    closed = tmp / "closed"
+    closed.mkdir(mode=0o700)
+    os.chmod(closed, 0o700)
+    cases.append((closed / "sub" / "approvals.sock", str(closed), "0700,"))
+    for sock, folder, mode in cases:
+        path = write_policy(tmp, state_dir=str(state),
+                            approvals={"socket": str(sock), "approvers": ["uid:0"]})
+        res = cli("check", "--config", str(path))
+        assert res.returncode == 0 and ": OK (" in res.stdout, res.stderr
+        (warning,) = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
+        assert f"the folder {folder} is {mode}" in warning and "permission denied" in warning
+    open_dir = tmp / "open"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o755)
+    path = write_policy(tmp, state_dir=str(state),
+                        approvals={"socket": str(open_dir / "approvals.sock"),
+                                   "approvers": ["uid:0"]})
+    res = cli("check", "--config", str(path))
+    assert res.returncode == 0 and "warning:" not in res.stderr, res.stderr
+
+
 CUSTOM_CASES = {
     # pattern -> what the one line must say
     "(abc": "invalid regular expression",

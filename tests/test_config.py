@@ -52,11 +52,14 @@ def test_example_policy_is_valid_and_complete():
     assert [a.uid for a in cfg.approvals.approvers] == [1001, 0]
     assert cfg.approvals.timeout == 120.0 and cfg.approvals.on_timeout == "deny"
     assert cfg.default_action is Action.ALLOW
-    assert [r.name for r in cfg.rules] == ["no-paste-sites", "build-bot-may-push",
-                                          "secrets-need-approval", "no-emails-out"]
-    assert cfg.rules[0].destination.port == ((80, 80), (443, 443))
-    assert cfg.rules[1].process.user[0].uid == 1002
-    assert cfg.rules[2].detected == ("secret.*",)
+    assert [r.name for r in cfg.rules] == ["no-paste-sites", "no-exfil-network",
+                                          "build-bot-may-push", "secrets-need-approval",
+                                          "no-emails-out"]
+    assert cfg.rules[0].destination.host == ("*.pastebin.com",)
+    assert cfg.rules[0].destination.port == ()
+    assert cfg.rules[1].destination.port == ((80, 80), (443, 443))
+    assert cfg.rules[2].process.user[0].uid == 1002
+    assert cfg.rules[3].detected == ("secret.*",)
     custom = cfg.detectors.custom[0]
     assert (custom.id, custom.cls, custom.pattern) == ("custom.ticket_token", "secret",
                                                        "TKT-[0-9A-F]{24}")
@@ -67,7 +70,7 @@ def test_example_policy_is_valid_and_complete():
 def test_example_policy_reports_missing_users_on_this_host():
     # alice and ci are placeholders: on a host without them, check says so (and nothing else).
     issues = check_config(EXAMPLES / "policy.yaml", KNOWN, resolve_user=lambda n: None)
-    assert {i.field for i in issues} == {"approvals.approvers[0]", "rules[1].process.user[0]"}
+    assert {i.field for i in issues} == {"approvals.approvers[0]", "rules[2].process.user[0]"}
 
 
 def test_demo_config_is_valid_on_this_host():
@@ -295,6 +298,8 @@ def test_detector_hook_gets_section_and_custom_ids_count_as_known(tmp_path):
 
 def test_detector_hook_errors_are_merged(tmp_path):
     def hook(d: DetectorsConfig) -> set[str]:
+        if not d.custom:                # asked again without them: the other ids
+            return set(KNOWN)
         c = d.custom[0]
         raise ConfigError([ConfigIssue(d.source, c.line_of("pattern"), c.field + ".pattern",
                                        "Hyperscan: pattern too large")])
@@ -361,3 +366,69 @@ def test_proxy_must_listen_on_loopback(tmp_path) -> None:
     issues = check_config(p)
     assert [i.field for i in issues] == ["proxy.listen"]
     assert "loopback" in issues[0].message and issues[0].line == 2
+
+
+# -- one pass: every independent problem at once ------------------------------------------------
+
+ONE_PASS = """\
+scope: {cgroup: /a}
+approvals: {approvers: [uid:0]}
+audit:
+  path: audit.jsonl
+  sinks:
+    - {name: one, type: file, path: ship.jsonl, format: ecs}
+    - {name: one, type: file, path: ship.jsonl, format: nosuch}
+    - {name: two, type: file, path: ./ship.jsonl}
+detectors:
+  custom:
+    - {id: custom.a, class: secret, pattern: "TKT-[0-9]+"}
+    - {id: custom.b, class: secret, pattern: "x*"}
+    - {id: custom.c, class: secret, pattern: "TOK-[0-9]{8}", validator: nosuch}
+    - {id: custom.d, class: secret, pattern: "(unclosed"}
+rules:
+  - {name: r1, detected: ["nosuch.*"], action: block}
+  - {name: r2, detected: ["custom.a", "custom.d"], action: frobnicate}
+"""
+
+
+def test_check_reports_every_independent_problem_in_one_pass(tmp_path):
+    """Detector, rule-reference and sink problems together: before, a broken custom regex
+    hid the pack loader's checks (validator, max_width, empty match) and the rules'
+    references, and a sink with another problem hid its duplicate name."""
+    from egressguard.scan.pack import all_detectors
+    issues = check_config(write(tmp_path, ONE_PASS),
+                          lambda d: [x.id for x in all_detectors(d)], resolve_user=USERS)
+    got = {(i.line, i.field) for i in issues}
+    want = {
+        (7, "audit.sinks[1].format"),
+        (7, "audit.sinks[1].name"),
+        (7, "audit.sinks[1].path"),
+        (8, "audit.sinks[2].path"),
+        (11, "detectors.custom[0].max_width"),
+        (12, "detectors.custom[1].pattern"),
+        (13, "detectors.custom[2].validator"),
+        (14, "detectors.custom[3].pattern"),
+        (16, "rules[0].detected[0]"),
+        (17, "rules[1].action"),
+    }
+    assert got == want, "\n".join(map(str, issues))
+    text = {i.field: i.message for i in issues}
+    assert "is already the name of the sink on line 6" in text["audit.sinks[1].name"]
+    shared = str(tmp_path / "ship.jsonl")
+    assert text["audit.sinks[2].path"].startswith(f"{shared} is also written by the sink 'one' "
+                                                  "on line 6")
+    assert "unbounded: set max_width" in text["detectors.custom[0].max_width"]
+    assert "can match the empty string" in text["detectors.custom[1].pattern"]
+    assert "unknown validator 'nosuch'" in text["detectors.custom[2].validator"]
+    assert "'nosuch.*' matches no known detector" in text["rules[0].detected[0]"]
+    # custom.d is broken (reported on its own line) but declared: no follow-on for rules[1]
+
+
+def test_a_missing_pack_still_skips_reference_checks(tmp_path):
+    """A pack that cannot be read makes its ids unknowable: no guessed 'matches no known
+    detector' for a rule that may refer to it, only the missing file."""
+    from egressguard.scan.pack import all_detectors
+    issues = check_config(write(tmp_path, MINIMAL + "detectors: {packs: [nope.toml]}\n"
+                                "rules:\n  - {name: r, detected: [secret.acme.*], action: block}\n"),
+                          lambda d: [x.id for x in all_detectors(d)], resolve_user=USERS)
+    assert [i.field for i in issues] == ["detectors.packs[0]"], issues

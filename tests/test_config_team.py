@@ -136,3 +136,20 @@ def test_shipped_team_example_is_valid() -> None:
     assert cfg.approvals.timeout == 20.0 and cfg.approvals.team.request_ttl == 3600
     assert cfg.rules[0].approvals.required == 2
     assert cfg.approvals.team.identities.slack["U0G9QF9C6"].uid == 1004
+
+
+def test_missing_users_give_no_follow_on_quorum_error(tmp_path: Path) -> None:
+    """On a host without alice, bob and carol, the shipped team example reports the missing
+    users, and only them: not also 'lists 0 different approver(s) but required is 2'."""
+    example = Path(__file__).resolve().parents[1] / "docs" / "examples" / "team-approvals.yaml"
+    missing = check_config(example, {"secret.private_key", "secret.aws_access_key_id"},
+                           resolve_user=lambda name: None)
+    assert missing and all("no such user" in i.message for i in missing), missing
+    # the global list is incomplete too: a rule relying on it gets no follow-on either
+    found = issues(tmp_path, """\
+        scope: {cgroup: /a}
+        approvals: {approvers: [alice, ghost]}
+        rules:
+          - {name: r, detected: [pii.email], action: hold, approvals: {required: 2}}
+        """)
+    assert [i.field for i in found] == ["approvals.approvers[1]"], found

@@ -413,8 +413,8 @@ def test_inline_wait_refuses_fast_and_the_request_expires_at_its_ttl(workdir: Pa
     cfg["approvals"].update({"inline_wait": "1s", "request_ttl": "4s"})
     with GuardedHost(workdir / "expiry", cfg) as host:
         with RecordingServer("127.20.0.15") as server:
-            report = Agent(host, workdir).run(server.host, server.port,
-                                              http_post(AWS_KEY_ID.encode()))
+            payload = http_post(AWS_KEY_ID.encode())
+            report = Agent(host, workdir).run(server.host, server.port, payload)
             assert report["error"] == "ConnectionResetError"
             waited = [e for e in audit_events(host) if e["event"] == "flow.wait_expired"]
             assert len(waited) == 1 and waited[0]["inline_wait_s"] == 1.0
@@ -425,6 +425,16 @@ def test_inline_wait_refuses_fast_and_the_request_expires_at_its_ttl(workdir: Pa
         decisions = [e for e in audit_events(host) if e["event"] == "flow.decision"]
         assert decisions[-1]["decision"]["outcome"] == "expired"
         assert decisions[-1]["hold_id"] == waited[0]["hold_id"]
+        # "up" is what reached the destination (nothing), everywhere; what the client sent
+        # is kept under its own name.
+        (close,) = [e for e in audit_events(host) if e["event"] == "flow.close"
+                    and e["flow_id"] == waited[0]["flow_id"]]
+        assert close["bytes_up"] == 0 and close["bytes_from_client"] == len(payload)
+        status = json.loads(host.egressctl("status", "--json", check=True).stdout)
+        assert status["counters"]["bytes_up"] == 0
+        rows = [json.loads(line) for line in host.egressctl(
+            "flows", "--since", "1h", "--json", check=True).stdout.splitlines()]
+        assert [r["bytes_up"] for r in rows if r["flow_id"] == close["flow_id"]] == [0]
 
 
 # ----------------------------------------------------------------------------- audit verify

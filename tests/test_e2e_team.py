@@ -77,6 +77,15 @@ def ctl_ok(host: GuardedHost, *args: str, uid: int = 0) -> str:
     return res.stdout
 
 
+def ledger_rows(host: GuardedHost, *flow_ids: str) -> dict[str, dict[str, Any]]:
+    """The ledger rows of these flows (written when each closes: waited for)."""
+    def rows() -> dict[str, dict[str, Any]]:
+        got = {r["flow_id"]: r for r in (json.loads(line) for line in ctl_ok(
+            host, "flows", "--since", "1h", "--json").splitlines())}
+        return got if all(f in got for f in flow_ids) else {}
+    return wait_for(rows)
+
+
 def refused_inline(host: GuardedHost, workdir: Path, server: RecordingServer,
                    payload: bytes) -> dict[str, Any]:
     """Send `payload`; the client must be reset after the inline wait; returns the request."""
@@ -106,10 +115,22 @@ def test_inline_wait_then_approval_then_the_retry_passes_once(team: GuardedHost,
         again = refused_inline(team, workdir, server, payload)        # once means once
         assert again["id"] != req["id"]
         ctl_ok(team, "deny", again["id"], "--reason", "enough")
+        retry = Agent(team, workdir).run(server.host, server.port, payload)
+        assert retry["error"] == "ConnectionResetError", retry
     use = [e for e in events(team, "approval.use") if e["hold_id"] == req["id"]]
     assert len(use) == 1 and use[0]["approved_by"] == "root"
     waited = [e for e in events(team, "flow.wait_expired") if e["hold_id"] == req["id"]]
     assert len(waited) == 2
+    (denied,) = [e for e in events(team, "approval.denied_retry") if e["hold_id"] == again["id"]]
+    # The ledger names the approval request behind each outcome.
+    rows = ledger_rows(team, use[0]["flow_id"], denied["flow_id"])
+    assert (rows[use[0]["flow_id"]]["approval_id"], rows[use[0]["flow_id"]]["state"]) == (
+        req["id"], "closed")
+    assert (rows[denied["flow_id"]]["approval_id"], rows[denied["flow_id"]]["state"]) == (
+        again["id"], "denied")
+    by_class = {json.loads(line)["key"]: json.loads(line) for line in ctl_ok(
+        team, "usage", "--by", "class", "--since", "1h", "--json").splitlines()}
+    assert by_class["secret"]["held"] >= 5                 # every flow above was held
 
 
 def test_grant_lets_matching_flows_pass_until_revoked(team: GuardedHost, workdir: Path) -> None:
@@ -126,6 +147,8 @@ def test_grant_lets_matching_flows_pass_until_revoked(team: GuardedHost, workdir
         assert report["error"] is None and server.all_data().endswith(body)
         use = [e for e in events(team, "grant.use") if e["grant_id"] == grant["id"]]
         assert len(use) == 1 and use[0]["detections"][0]["detector"] == "secret.aws_access_key_id"
+        row = ledger_rows(team, use[0]["flow_id"])[use[0]["flow_id"]]
+        assert (row["approval_id"], row["action"]) == (req["id"], "hold")
         assert OTHER_KEY_ID not in json.dumps(use)
         ctl_ok(team, "revoke", grant["id"], "--reason", "job done")
         assert grant["id"] not in ctl_ok(team, "grants")
@@ -150,7 +173,9 @@ def test_quorum_of_two_with_a_repeated_approver_and_break_glass(team: GuardedHos
         assert report["error"] is None and server.all_data() == payload
         # break-glass: one approver is enough, and it is loud
         req2 = refused_inline(team, workdir, server, http_post(b"token " + TOKEN2.encode()))
-        ctl_ok(team, "approve", req2["id"], "--reason", "INC-42 outage", "--break-glass")
+        out = ctl_ok(team, "approve", req2["id"], "--reason", "INC-42 outage", "--break-glass")
+        assert out.startswith(f"approved by break-glass (quorum bypassed, audited as critical) "
+                              f"{req2['id']} ")
     decision = [e for e in events(team, "flow.decision") if e["hold_id"] == req["id"]][-1]
     assert [a["uid"] for a in decision["approvers"]] == [0, DAEMON_UID]
     (bg,) = [e for e in events(team, "approval.break_glass") if e["hold_id"] == req2["id"]]

@@ -32,6 +32,8 @@ AGENT = str(Path(__file__).parent / "tools" / "tls_agent.py")
 AWS_KEY_ID = "AKIA" + "Q4RZ7MXV" + "2LKJ3HNP"
 AWS_KEY_ID_2 = "AKIA" + "W3NB8TQC" + "6PZR4YDK"     # another key: not an identical retry
 EMAIL = "mary.major" + "@" + "corp-example.org"
+OTHER_UID = 23456                   # a second agent user (no passwd entry needed)
+PASSTHROUGH_TTL_S = 8               # short enough to wait for, long enough for two agent runs
 
 HOSTS = {  # SNI -> loopback stand-in
     "api.openai.com": "127.10.0.1",
@@ -66,14 +68,9 @@ def world() -> Iterator[dict[str, Any]]:
                   "upstream_ca_file": ca.ca_file}
     try:
         with GuardedHost(d / "guard", cfg) as host:
-            res = subprocess.run([host.python, "-m", "egressguard", "ca", "export", "--config",
-                                  str(host.config_path)], capture_output=True, text=True,
-                                 timeout=30, check=True)
-            assert res.stdout.startswith("-----BEGIN CERTIFICATE-----")
-            bundle = d / "trust.pem"
-            bundle.write_text(res.stdout + Path(ca.ca_file).read_text())
-            os.chmod(bundle, 0o644)
-            yield {"dir": d, "host": host, "servers": servers, "bundle": str(bundle),
+            bundle = _trust_bundle(host, d, ca.ca_file)
+            assert Path(bundle).read_text().startswith("-----BEGIN CERTIFICATE-----")
+            yield {"dir": d, "host": host, "servers": servers, "bundle": bundle,
                    "test_ca": ca.ca_file}
     finally:
         for s in servers.values():
@@ -82,7 +79,7 @@ def world() -> Iterator[dict[str, Any]]:
 
 def run_agent(w: dict[str, Any], sni: str, requests: list[dict[str, Any]], *,
               cafile: str | None = None, wait: bool = True, raw: bytes | None = None,
-              **mode: Any) -> Any:
+              uid: int = 65534, **mode: Any) -> Any:
     spec: dict[str, Any] = {"ip": HOSTS[sni], "port": w["servers"][sni].port, "sni": sni,
                             "cafile": cafile or w["bundle"], "requests": requests, "timeout": 60,
                             **mode}
@@ -92,7 +89,8 @@ def run_agent(w: dict[str, Any], sni: str, requests: list[dict[str, Any]], *,
     with os.fdopen(fd, "w") as fh:
         json.dump(spec, fh)
     os.chmod(path, 0o644)
-    proc = w["host"].agent(["/usr/bin/python3", AGENT, path], stdout=subprocess.PIPE, text=True)
+    proc = w["host"].agent(["/usr/bin/python3", AGENT, path], uid=uid, gid=uid,
+                           stdout=subprocess.PIPE, text=True)
     return finish(proc) if wait else proc
 
 
@@ -270,6 +268,20 @@ def test_pinned_client_fails_is_audited_and_next_attempt_blocked(world: dict) ->
     assert any(e["event"] == "flow.block" and e.get("rule") == "tls.on_intercept_failure"
                for e in audit(host))
     assert not server.requests
+    # The refusal is remembered for that identity only: another uid running the same program
+    # is still intercepted (not denied because of someone else's handshake).
+    other = run_agent(world, "api.cohere.com", [post("/v1/chat", chat("other user"))],
+                      uid=OTHER_UID)
+    assert other["responses"][0]["status"] == 200, other
+    assert json.loads(server.requests[-1].body)["messages"][1]["content"] == "other user"
+    status = json.loads(host.egressctl("status", "--json", check=True).stdout)
+    assert [(f["uid"], f["host"]) for f in status["intercept_failures"]] == [
+        (65534, "api.cohere.com")]
+    assert 3500 < status["intercept_failures"][0]["expires_in_s"] <= 3600
+    # The failed handshake's flow is a blocked flow in the ledger, by the interception.
+    (row,) = [f for f in ledger_flows(host, "--since", "1h", "--host", "api.cohere.com")
+              if f["flow_id"] == ev[0]["flow_id"]]
+    assert (row["action"], row["rule"], row["state"]) == ("block", "tls.intercept", "blocked")
 
 
 @pytest.mark.parametrize("garbage", [
@@ -335,6 +347,9 @@ def test_usage_by_provider_matches_intercepted_server_bytes(world: dict) -> None
     assert text.returncode == 0 and "anthropic" in text.stdout
     table = host.egressctl("flows", "--since", "1h", "--provider", "anthropic")
     assert table.returncode == 0 and "claude-opus" in table.stdout and "pii.emailx" in table.stdout
+    unknown = host.egressctl("flows", "--since", "1h", "--provider", "nosuch")
+    assert unknown.returncode != 0 and "unknown provider 'nosuch'" in unknown.stderr
+    assert "openai" in unknown.stderr and "anthropic" in unknown.stderr
     bad = host.egressctl("usage", "--since", "yesterday")
     assert bad.returncode == 2 and "not a period" in bad.stderr
     db = Path(world["dir"] / "guard" / "state" / "ledger.db")
@@ -360,24 +375,77 @@ def test_only_approvers_see_everyone_in_the_ledger(world: dict) -> None:
 
 def test_pinned_client_with_passthrough_is_let_through_unopened(world: dict) -> None:
     """tls.on_intercept_failure: passthrough (its own daemon): after the first refusal, the
-    same program reaches the real server with its own TLS, unscanned."""
+    same identity reaches the real server with its own TLS, unscanned, and that flow is marked
+    as NOT inspected in the audit log, the ledger and status. Another uid is still inspected
+    (its secret is blocked), and the memory expires after tls.intercept_failure_ttl."""
     d = world["dir"] / "passthrough"
     server = world["servers"]["api.cohere.com"]
-    cfg = base_config(d, rules=[])
+    cfg = base_config(d, rules=[{"name": "no-secrets", "detected": ["secret.*"],
+                                 "action": "block"}])
     cfg["proxy"]["listen"] = f"127.0.0.1:{free_port()}"
     cfg["tls"] = {"intercept": {"hosts": ["api.cohere.com"]}, "on_intercept_failure":
-                  "passthrough", "upstream_ca_file": world["test_ca"]}
+                  "passthrough", "intercept_failure_ttl": f"{PASSTHROUGH_TTL_S}s",
+                  "upstream_ca_file": world["test_ca"]}
     with GuardedHost(d, cfg) as host:
-        w = dict(world, host=host)
+        w = dict(world, host=host, bundle=_trust_bundle(host, d, world["test_ca"]))
         first = run_agent(w, "api.cohere.com", [post("/v1/chat", chat("hi"))],
                           cafile=world["test_ca"])
         assert first["error"], first
+        failed_at = time.monotonic()
+        before = server.total_bytes
+        other = run_agent(w, "api.cohere.com", [post("/v1/chat", chat(f"key {AWS_KEY_ID}"))],
+                          uid=OTHER_UID)                 # trusts the host CA: inspected
+        assert other["error"] and not other["responses"], other
+        assert wait_for(lambda: any(e["event"] == "flow.block" and e.get("rule") == "no-secrets"
+                                    and e["process"]["uid"] == OTHER_UID for e in audit(host)))
+        assert [f["uid"] for f in _status(host)["intercept_failures"]] == [65534]
+        assert server.total_bytes == before and not any(
+            AWS_KEY_ID.encode() in r.body for r in server.requests)
         second = run_agent(w, "api.cohere.com", [post("/v1/chat", chat("again"))],
                            cafile=world["test_ca"])
         assert second["responses"][0]["status"] == 200, second
+        assert time.monotonic() - failed_at < PASSTHROUGH_TTL_S, "too slow to test the TTL"
         assert json.loads(server.requests[-1].body)["messages"][1]["content"] == "again"
         ev = [e for e in audit(host) if e["event"] == "tls.intercept_failed"]
         assert ev and ev[0]["next_attempts"] == "passthrough"
+        assert ev[0]["remembered_for_s"] == PASSTHROUGH_TTL_S
+        (mark,) = [e for e in audit(host) if e["event"] == "tls.passthrough"]
+        assert mark["reason"] == "intercept_failure" and mark["process"]["uid"] == 65534
+        close = wait_for(lambda: [e for e in audit(host) if e["event"] == "flow.close"
+                                  and e["flow_id"] == mark["flow_id"]])
+        assert close[0]["tls_passthrough"] == "intercept_failure"
+        rows = wait_for(lambda: [f for f in ledger_flows(host, "--since", "1h")
+                                 if f["flow_id"] == mark["flow_id"]])
+        assert rows[0]["tls_passthrough"] == "intercept_failure"
+        assert "NOT INSPECTED" in host.egressctl("flows", "--since", "1h", check=True).stdout
+        status = json.loads(host.egressctl("status", "--json", check=True).stdout)
+        assert status["counters"]["tls_passthrough"] == 1
+        assert [f["uid"] for f in status["intercept_failures"]] == [65534]
+        text = host.egressctl("status", check=True).stdout
+        assert "1 flows passed NOT inspected" in text and "uid 65534" in text
+        # Forgotten after the TTL: the same identity is intercepted (and refuses) again.
+        time.sleep(max(0.0, PASSTHROUGH_TTL_S + 0.5 - (time.monotonic() - failed_at)))
+        third = run_agent(w, "api.cohere.com", [post("/v1/chat", chat("later"))],
+                          cafile=world["test_ca"])
+        assert third["error"], third
+        assert wait_for(lambda: len([e for e in audit(host)
+                                     if e["event"] == "tls.intercept_failed"]) == 2)
+        assert len([e for e in audit(host) if e["event"] == "tls.passthrough"]) == 1
+
+
+def _trust_bundle(host: GuardedHost, d: Path, test_ca: str) -> str:
+    """This daemon's host CA (each daemon has its own) plus the test servers' CA."""
+    res = subprocess.run([host.python, "-m", "egressguard", "ca", "export", "--config",
+                          str(host.config_path)], capture_output=True, text=True, timeout=30,
+                         check=True)
+    bundle = d / "trust.pem"
+    bundle.write_text(res.stdout + Path(test_ca).read_text())
+    os.chmod(bundle, 0o644)
+    return str(bundle)
+
+
+def _status(host: GuardedHost) -> dict[str, Any]:
+    return json.loads(host.egressctl("status", "--json", check=True).stdout)
 
 
 def _usage(host: GuardedHost, by: str) -> list[dict[str, Any]]:

@@ -165,7 +165,13 @@ def test_hold_text_is_readable() -> None:
     rated = _hold()
     rated.detections[0].severity, rated.detections[0].confidence = "medium", "high"
     assert "data:  pii.email a***@x.com (severity medium, confidence high)\n" in ctl.hold_text(rated)
-    assert "held by destination rule" in ctl.hold_text(_hold(detections=0))
+    assert "data:  (no detections: rule hold-unknown: unknown destination)" in ctl.hold_text(
+        _hold(detections=0))
+    req = _hold(detections=0)
+    req.rule, req.reason = "datasets", 'rule "datasets": files request (dataset_export)'
+    # A request rule's hold names the rule and the request class, not a "destination rule".
+    assert 'data:  (no detections: rule "datasets": files request (dataset_export))' in \
+        ctl.hold_text(req)
 
 
 def test_json_shapes_never_carry_offsets_or_raw_values() -> None:
@@ -243,3 +249,47 @@ def test_vote_events_render() -> None:
     assert ctl.event_json(ev)["event"] == "voted"
     assert ctl.event_json(ev)["decision"]["outcome"] == "voted"
     assert "voted   h-abcdefghij  by bob (uid 1001): fine (1 of 2)" in ctl.event_text(ev)
+
+
+def test_ledger_lines_write_addresses_like_pending_does(capsys: Any) -> None:
+    """One formatter for every address egressctl prints: an IPv6 literal keeps its brackets in
+    ledger lines too, and the action column says how an approval and TLS ended."""
+    from egressguard.cli.usage import cmd_ledger_flows
+    from egressguard.model import host_port
+    assert host_port("::1", 39991) == "[::1]:39991" == ctl._dest(pb.Destination(ip="::1",
+                                                                                 port=39991))
+    assert host_port("127.0.0.1", 80) == "127.0.0.1:80"
+    flows = [pb.LedgerFlow(flow_id="f-6", closed_at=0.0, process=pb.Process(uid=65534),
+                           destination=pb.Destination(ip="::1", port=39991), action="hold",
+                           state="denied", approval_id="h-1"),
+             pb.LedgerFlow(flow_id="f-7", closed_at=0.0, process=pb.Process(uid=65534),
+                           destination=pb.Destination(ip="127.0.0.3", port=443,
+                                                      host="api.openai.com"),
+                           action="allow", state="closed", tls_passthrough="intercept_failure")]
+
+    class _Client:
+        pb = pb
+        stub = types.SimpleNamespace(ListLedgerFlows=None)
+
+        def call(self, method: Any, request: Any) -> Any:
+            return pb.LedgerFlowsResponse(flows=flows, all_users=True)
+
+    import argparse
+    assert cmd_ledger_flows(argparse.Namespace(since=3600.0, provider="", host="", json=False),
+                            _Client()) == 0
+    out = capsys.readouterr().out
+    assert "[::1]:39991" in out and "hold (h-1, denied)" in out
+    assert "allow NOT INSPECTED (intercept_failure)" in out
+
+
+def test_approve_once_with_a_ttl_is_a_usage_error(tmp_path: Any,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # refused before connecting: the socket does not exist, yet the answer is exit 2, not 3
+    sock = str(tmp_path / "none.sock")
+    for scope in ([], ["--scope", "once"]):
+        assert ctl.main(["--socket", sock, "approve", "h-1", "--reason", "x", "--ttl", "5m",
+                         *scope]) == 2
+        err = capsys.readouterr().err
+        assert "--ttl sets the lifetime of a grant" in err and "--scope" in err
+    assert ctl.main(["--socket", sock, "approve", "h-1", "--reason", "x", "--ttl", "5m",
+                     "--scope", "process"]) == 3          # a grant scope: on to the daemon

@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -147,6 +148,41 @@ def test_open_mode_kill9_goes_direct_then_restart_enforces(workdir: Path) -> Non
         assert attached_programs(host.cgroup_path) == []
         assert host.detach() == []
         assert connect_errno(host, direct.host, direct.port) == 0
+
+
+@pytest.mark.parametrize("mode", ["closed", "open"])
+def test_failed_restart_records_start_failed_and_the_probes_true_state(workdir: Path,
+                                                                        mode: str) -> None:
+    """A start that fails (proxy port taken) after a SIGKILL writes daemon.start_failed, not a
+    daemon.stop claiming "detached": in closed mode the predecessor's pinned probes are still
+    attached (the kernel is asked), in open mode nothing is."""
+    with GuardedHost(workdir / "h", policy(workdir / "h", failure_mode=mode)) as host:
+        host.kill()
+        before = len(audit_events(host))
+        ip, port = host.config["proxy"]["listen"].rsplit(":", 1)
+        with socket.socket() as busy:
+            busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            busy.bind((ip, int(port)))
+            busy.listen()
+            res = subprocess.run([host.python, "-m", "egressguard", "run", "--config",
+                                  str(host.config_path)], capture_output=True, text=True,
+                                 timeout=90)
+        assert res.returncode == 2 and "proxy.listen" in res.stderr, res.stderr[-2000:]
+        new = audit_events(host)[before:]
+        daemon_events = [e["event"] for e in new if e["event"].startswith("daemon.")]
+        assert daemon_events == ["daemon.start_failed"]
+        failed = new[-1]
+        assert failed["event"] == "daemon.start_failed"
+        assert "proxy.listen" in failed["reason"] and "in use" in failed["reason"]
+        assert failed["probes"] == "not attached by this run"
+        ours = sorted(n for n, _, _ in PROGRAMS)
+        if mode == "closed":
+            assert failed["programs_attached"] == ours
+            assert sorted(n for _, _, n in attached_programs(host.cgroup_path)) == ours
+            assert "probes stay attached" in res.stderr
+        else:
+            assert failed["programs_attached"] == []
+            assert attached_programs(host.cgroup_path) == []
 
 
 def test_sighup_is_a_reload_not_a_kill(workdir: Path) -> None:

@@ -112,7 +112,35 @@ def test_selector_hosts_processes_and_pinning_memory() -> None:
     sel.record_failure(AGENT, "api.openai.com")
     assert sel.choose(AGENT, "api.openai.com") == "block"
     sel.on_failure = "passthrough"
-    assert sel.choose(AGENT, "api.openai.com") == "passthrough"
+    assert sel.choose(AGENT, "api.openai.com") == "uninspected"     # marked, not silent
+
+
+def test_pinning_memory_is_per_identity_and_expires() -> None:
+    """One identity's refusal decides nothing for another uid, cgroup or container running
+    the same program, and is forgotten after tls.intercept_failure_ttl."""
+    now = [1000.0]
+    sel = InterceptSelector(("api.openai.com",), (), "block", ttl_s=60, clock=lambda: now[0])
+    first = Process(pid=7, uid=1000, exe="/usr/bin/curl", cgroup_path="/agents/a")
+    sel.record_failure(first, "api.openai.com")
+    assert sel.choose(first, "api.openai.com") == "block"
+    for other in (Process(pid=8, uid=1001, exe="/usr/bin/curl", cgroup_path="/agents/a"),
+                  Process(pid=9, uid=1000, exe="/usr/bin/curl", cgroup_path="/agents/b"),
+                  Process(pid=9, uid=1000, exe="/usr/bin/curl", cgroup_path="/agents/a",
+                          container_id="c0ffee")):
+        assert sel.choose(other, "api.openai.com") == "intercept"
+    assert [(e["uid"], e["host"], e["expires_in_s"]) for e in sel.remembered()] == [
+        (1000, "api.openai.com", 60.0)]
+    now[0] += 59
+    assert sel.choose(first, "api.openai.com") == "block"
+    now[0] += 1
+    assert sel.choose(first, "api.openai.com") == "intercept" and sel.remembered() == []
+
+
+def test_intercept_failure_ttl_config() -> None:
+    cfg = conf(extra="tls: {intercept: {hosts: [api.openai.com]}, intercept_failure_ttl: 10m}\n")
+    assert cfg.tls.intercept_failure_ttl == 600
+    assert conf(extra="tls: {intercept: {hosts: [api.openai.com]}}\n").tls \
+        .intercept_failure_ttl == 3600
 
 
 def test_host_ca_files_and_leaves(tmp_path: Path) -> None:
@@ -383,6 +411,79 @@ def test_a_client_hello_after_the_sniff_timeout_is_blocked_not_passed_unopened()
     r.upstream_connected()
     out = r.client_data(real_client_hello("api.mistral.ai")) + r.client_idle(final=True)
     assert any(isinstance(c, SendUpstream) for c in out)
+
+
+# ----------------------------------------------------------------------------- pinning, ledger
+def test_relay_marks_a_remembered_passthrough_and_blocks_the_refused_handshake() -> None:
+    r = intercepting_relay("rules: []")
+    r.interceptor.on_failure = "passthrough"
+    r.start()
+    r.client_data(real_client_hello("api.openai.com"))
+    r.intercept_failed("tlsv1 alert unknown ca")
+    # The refused handshake cut the flow: that is what the flow says, not the default verdict.
+    assert (r.flow.verdict.action.value, r.flow.verdict.rule, r.flow.state.value) == (
+        "block", "tls.intercept", "blocked")
+    again = intercepting_relay("rules: []")
+    again.interceptor = r.interceptor
+    again.start()
+    out = again.client_data(real_client_hello("api.openai.com"))
+    assert not any(isinstance(c, InterceptTls) for c in out) and not again.flow.intercepted
+    marks = [c.fields for c in out if isinstance(c, Emit) and c.event == "tls.passthrough"]
+    assert marks and marks[0]["reason"] == "intercept_failure"
+    assert again.flow.tls_passthrough == "intercept_failure"
+
+
+def test_ledger_approval_ids_outcomes_and_class_counts(tmp_path: Path) -> None:
+    """Every way an approval request decides a flow leaves its id in the ledger, and the by-class
+    view counts held and blocked flows like the other views do."""
+    store = LedgerStore(str(tmp_path / "ledger.db"), retention_s=3600)
+    store.start()
+    listen = LedgerListener(store)
+    from egressguard.model import Action, Detection, FlowState, Verdict
+    det = Detection("secret.aws_access_key_id", "secret", 0, 20, "AKIA****", "fp")
+    held = Verdict(Action.HOLD, "secrets-hold", "held")
+    cases = {"f-new": ("flow.hold", {"hold_id": "h-1"}),
+             "f-once": ("approval.use", {"hold_id": "h-2", "scope": "once"}),
+             "f-grant": ("grant.use", {"grant_id": "g-1", "hold_id": "h-3"}),
+             "f-retry": ("approval.denied_retry", {"hold_id": "h-4"}),
+             "f-joined": ("approval.repeat", {"hold_id": "h-5", "count": 2})}
+    for fid, (event, fields) in cases.items():
+        flow = FlowInfo(fid, AGENT, Destination("::1", 39991), time.time(), verdict=held,
+                        detections=[det])
+        listen(event, flow, fields)
+        flow.state = FlowState.DENIED if fid == "f-retry" else FlowState.CLOSED
+        listen("flow.close", flow, {})
+    blocked = FlowInfo("f-block", AGENT, Destination("127.0.0.2", 80), time.time(),
+                       verdict=Verdict(Action.BLOCK, "r", "no"), detections=[det],
+                       state=FlowState.BLOCKED)
+    listen("flow.close", blocked, {})
+    assert store.flush(10)
+    rows = {x["flow_id"]: x for x in query.flows(store.path, 3600, None)}
+    assert {f: rows[f]["approval_id"] for f in cases} == {
+        "f-new": "h-1", "f-once": "h-2", "f-grant": "h-3", "f-retry": "h-4", "f-joined": "h-5"}
+    assert rows["f-retry"]["state"] == "denied"
+    (secret,) = query.usage(store.path, "class", 3600, None)
+    assert (secret["key"], secret["flows"], secret["held"], secret["blocked"]) == (
+        "secret", 6, 5, 1)
+    (proc,) = query.usage(store.path, "process", 3600, None)
+    assert (proc["held"], proc["blocked"]) == (5, 1)
+    store.close()
+
+
+def test_ledger_gains_new_columns_on_an_old_file(tmp_path: Path) -> None:
+    import sqlite3
+    path = str(tmp_path / "old.db")
+    with sqlite3.connect(path) as c:
+        from egressguard.ledger.store import SCHEMA
+        c.executescript(SCHEMA.replace(",\n  tls_passthrough TEXT NOT NULL DEFAULT ''", ""))
+    store = LedgerStore(path, retention_s=3600)
+    store.start()
+    flow = FlowInfo("f-p", AGENT, Destination("127.0.0.3", 443, "api.openai.com"), time.time(),
+                    tls_passthrough="intercept_failure")
+    LedgerListener(store)("flow.close", flow, {})
+    assert store.flush(10)
+    assert query.flows(path, 3600, None)[0]["tls_passthrough"] == "intercept_failure"
+    store.close()
 
 
 # ----------------------------------------------------------------------------- hostile HTTP

@@ -41,30 +41,35 @@ def example() -> Policy:
 # -- the example policy, end to end --------------------------------------------------------
 
 def test_example_blocks_paste_site_by_host(example):
-    # host, cidr and port are all given in that rule: all three must hold
-    cd = example.decide_connect(AGENT, Destination("203.0.113.7", 443, "eu.pastebin.com"))
-    assert cd.verdict.action is Action.BLOCK and cd.verdict.rule == "no-paste-sites"
-    assert cd.verdict.reason == 'rule "no-paste-sites" matched'
-    assert cd.content_rules == ()       # no content rule comes before it
+    # the name alone blocks, at any address and port: name and network are separate rules
+    for ip, port in (("203.0.113.7", 443), ("198.51.100.7", 8443)):
+        cd = example.decide_connect(AGENT, Destination(ip, port, "eu.pastebin.com"))
+        assert cd.verdict.action is Action.BLOCK and cd.verdict.rule == "no-paste-sites"
+        assert cd.verdict.reason == 'rule "no-paste-sites" matched'
+        assert cd.content_rules == ()       # no content rule comes before it
+    cd = example.decide_connect(AGENT, Destination("198.51.100.9", 443, "PasteBin.COM."))
+    assert cd.verdict.rule == "default"          # *.pastebin.com does not match the apex
+    cd = example.decide_connect(AGENT, Destination("198.51.100.9", 80, "X.PasteBin.com."))
+    assert cd.verdict.rule == "no-paste-sites"   # case-insensitive, trailing dot ignored
+
+
+def test_example_blocks_exfil_network_whatever_the_name(example):
+    for host in ("example.com", ""):
+        cd = example.decide_connect(AGENT, Destination("203.0.113.9", 443, host))
+        assert cd.verdict.action is Action.BLOCK and cd.verdict.rule == "no-exfil-network"
 
 
 def test_example_all_conditions_must_hold(example):
-    # right host, wrong port: the block rule does not match
-    cd = example.decide_connect(AGENT, Destination("203.0.113.7", 8443, "eu.pastebin.com"))
+    # right network, wrong port: the network rule does not match
+    cd = example.decide_connect(AGENT, Destination("203.0.113.7", 8443, "example.com"))
     assert cd.verdict.rule == "default"
-    cd = example.decide_connect(AGENT, Destination("198.51.100.7", 443, "eu.pastebin.com"))
+    # right port, other network
+    cd = example.decide_connect(AGENT, Destination("198.51.100.7", 443, "example.com"))
     assert cd.verdict.rule == "default"
-    # right cidr and port, other host
-    cd = example.decide_connect(AGENT, Destination("203.0.113.9", 443, "example.com"))
-    assert cd.verdict.rule == "default"
-    cd = example.decide_connect(AGENT, Destination("203.0.113.9", 443, "PasteBin.COM."))
-    assert cd.verdict.rule == "default"          # *.pastebin.com does not match the apex
-    cd = example.decide_connect(AGENT, Destination("203.0.113.9", 80, "X.PasteBin.com."))
-    assert cd.verdict.action is Action.BLOCK     # case-insensitive, trailing dot ignored
 
 
 def test_example_unknown_host_never_matches_a_host_condition(example):
-    cd = example.decide_connect(AGENT, Destination("203.0.113.9", 443, ""))
+    cd = example.decide_connect(AGENT, Destination("198.51.100.9", 443, ""))
     assert cd.verdict.rule == "default"
     assert example.needs_host
 

@@ -116,3 +116,21 @@ def test_errors_exit_2(tmp_path: Path) -> None:
     assert r.stderr.startswith("error: ") and "bad.yaml:3" in r.stderr
     r = run("--pack", str(tmp_path / "nope.toml"), stdin=b"x")
     assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_a_closed_pipe_ends_the_scan_quietly(tmp_path: Path) -> None:
+    """`egressguard scan big.txt | head -1`: EPIPE is the reader being done, not an error."""
+    f = tmp_path / "many.txt"
+    f.write_bytes(b"".join(f"mail user{i}@example.org now\n".encode() for i in range(20000)))
+    proc = subprocess.Popen([sys.executable, "-m", "egressguard", "scan", str(f)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline()   # like head -1
+        proc.stdout.close()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 1            # it did find something before the reader left
+    assert err.decode() == ""              # no "error: -: Broken pipe", no traceback

@@ -256,7 +256,8 @@ def test_luhn_validator(digits: str, ok: bool) -> None:
     ("123-45-6780", True), ("001-01-0001", True), ("899-99-9999", True),
     ("000-12-3456", False), ("666-12-3456", False), ("900-12-3456", False),
     ("950-12-3456", False), ("999-99-9999", False), ("123-00-4567", False),
-    ("123-45-0000", False), ("078-05-1120", False),
+    ("123-45-0000", False), ("078-05-1120", False), ("219-09-9999", False),
+    ("123-45-6789", False), ("123-45-6788", True),
 ])
 def test_us_ssn_validator(ssn: str, ok: bool) -> None:
     assert validators.us_ssn(ssn.encode(), b"", {}) is ok

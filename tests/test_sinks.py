@@ -443,6 +443,7 @@ def test_config_errors_name_line_and_field(tmp_path: Path) -> None:
     expected = [
         (6, "audit.sinks[0].address", "required"),
         (7, "audit.sinks[1].path", "is the audit log itself"),
+        (7, "audit.sinks[1].name", "'a' is already the name of the sink on line 6"),
         (8, "audit.sinks[2].name", "'bad name'"),
         (8, "audit.sinks[2].format", "'xml' is not one of"),
         (9, "audit.sinks[3].url", "not an http"),

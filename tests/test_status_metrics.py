@@ -114,6 +114,24 @@ def test_status_and_metrics_of_a_running_daemon() -> None:
         assert EMAIL not in body
 
 
+@pytest.mark.kernel
+def test_status_brackets_an_ipv6_metrics_address_and_the_load_time_is_set_at_start() -> None:
+    d = scratch_dir("eg-status6-")
+    os.chmod(d, 0o755)
+    port = free_port("::1")
+    with GuardedHost(d / "h", policy(d / "h", metrics={"listen": f"[::1]:{port}"})) as host:
+        s = json.loads(host.egressctl("status", "--json").stdout)
+        assert s["metrics_listen"] == f"[::1]:{port}"
+        text = host.egressctl("status").stdout
+        url = f"http://[::1]:{port}/metrics"
+        assert f"metrics:      {url}\n" in text + "\n"
+        with urllib.request.urlopen(url, timeout=5) as resp:     # the printed URL works
+            body = resp.read().decode()
+        loaded = next(float(line.split()[1]) for line in body.splitlines()
+                      if line.startswith("egressguard_policy_loaded_timestamp_seconds "))
+        assert loaded == pytest.approx(s["policy"]["loaded_at"], abs=1e-3) and loaded > 0
+
+
 class _State:
     """The daemon state `refresh` reads, as plain values (the thing under test is the
     arithmetic of GuardMetrics, not the daemon)."""
@@ -139,16 +157,23 @@ class _State:
     def sink_status(self) -> list[dict[str, Any]]:
         return [{"name": "siem", "lag_events": 7}]
 
+    def intercept_failures(self) -> list[dict[str, Any]]:
+        return [{"uid": 65534, "host": "api.openai.com"}]
+
 
 def test_scanned_bytes_count_open_flows_live_and_never_twice() -> None:
     m, state = GuardMetrics(), _State()
     state.live_up = 1000                          # a long upload, still open
     m.refresh(state)
     assert m.value("egressguard_scanned_bytes_total") == 1000
-    m.on_event("flow.close", _flow(Action.ALLOW), {"bytes_up": 1000, "bytes_down": 0})
+    # It closed held and expired: scanned, received, never delivered.
+    m.on_event("flow.close", _flow(Action.HOLD), {"bytes_up": 0, "bytes_from_client": 1000,
+                                                  "bytes_down": 0})
     state.live_up = 0                             # it closed: its bytes moved to the counter
     m.refresh(state)
     assert m.value("egressguard_scanned_bytes_total") == 1000
+    assert m.value("egressguard_bytes_total", {"direction": "up"}) == 0
+    assert m.value("egressguard_tls_intercept_failures_remembered") == 1
     state.live_up = 500
     m.refresh(state)
     assert m.value("egressguard_scanned_bytes_total") == 1500

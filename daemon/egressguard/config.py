@@ -23,7 +23,7 @@ import ipaddress
 import os
 import pwd
 import re
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass, field as dc_field, replace as dc_replace
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
@@ -147,7 +147,8 @@ class Config:
 # `detectors` section (so built-ins + packs + custom can be computed by the scanner). It must
 # return every id that exists, *before* `detectors.disable` is applied (we apply it, so we can
 # also report a `disable` glob that matches nothing). It may raise ConfigError: its issues are
-# merged into ours (the pack loader's own problems, with their lines).
+# merged into ours (the pack loader's own problems, with their lines); then it is asked again
+# without the custom detectors, so the rules' references are still checked in the same pass.
 DetectorHook = Union[Callable[[DetectorsConfig], Iterable[str]], Iterable[str], None]
 UserResolver = Callable[[str], "int | None"]
 
@@ -233,7 +234,8 @@ def _parse(text: str, source: str, base_dir: str, known: DetectorHook,
         default_action = c.choice(top["default_action"], "default_action",
                                   ("allow", "block", "hold"), Action, hint={
                                       "mask": "mask needs `detected`: use it in a rule"})
-    detectors, detectors_ok = _detectors(c, top.get("detectors"), source, base_dir)
+    detectors, refs_checkable, broken_ids = _detectors(c, top.get("detectors"), source,
+                                                       base_dir)
     rules = _rules(c, top.get("rules"))
     tls = parse_tls(c, top.get("tls"), _process_cond)
     ledger = parse_ledger(c, top.get("ledger"))
@@ -241,8 +243,8 @@ def _parse(text: str, source: str, base_dir: str, known: DetectorHook,
     metrics = opsconfig.metrics(c, top.get("metrics"))
 
     _cross_checks(c, top, rules, default_action, approvals)
-    if detectors_ok and known is not None:
-        _check_detector_refs(c, known, detectors, rules)
+    if refs_checkable and known is not None:
+        _check_detector_refs(c, known, detectors, rules, broken_ids)
 
     if c.issues:
         return None, c.issues
@@ -349,9 +351,11 @@ def _approvals(c: "_Checker", node: YNode | None) -> ApprovalsConfig:
     if m is None:
         return d
     socket = c.path(m["socket"], "approvals.socket") if "socket" in m else d.socket
-    approvers = tuple(u for u in (c.user(n, f) for n, f in
-                                  c.items(m.get("approvers"), "approvals.approvers",
-                                          empty_ok=True)) if u)
+    resolved = [c.user(n, f) for n, f in c.items(m.get("approvers"), "approvals.approvers",
+                                                  empty_ok=True)]
+    approvers = tuple(u for u in resolved if u)
+    if len(approvers) < len(resolved):
+        c.incomplete.add("approvals.approvers")
     timeout = c.duration(m["timeout"], "approvals.timeout") if "timeout" in m else None
     on_timeout = c.choice(m["on_timeout"], "approvals.on_timeout", ("deny", "allow")) \
         if "on_timeout" in m else None
@@ -378,15 +382,21 @@ def _audit(c: "_Checker", node: YNode | None) -> AuditConfig:
 
 
 def _detectors(c: "_Checker", node: YNode | None, source: str,
-               base_dir: str) -> tuple[DetectorsConfig, bool]:
-    """Returns (section, ok). When not ok, detector cross-checks are skipped: with a broken
-    custom detector we cannot tell which ids exist, and guessing would add false issues."""
-    before = len(c.issues)
+               base_dir: str) -> tuple[DetectorsConfig, bool, frozenset[str]]:
+    """Returns (section, refs checkable, ids of broken custom entries).
+
+    The detector cross-checks (the pack loader's own checks of custom detectors, and the
+    rules' references) run in the same pass as everything else, so `check` lists every
+    problem at once. A custom entry with its own problem is left out of the section but its
+    id still counts as declared, so no rule referring to it gets a false follow-on issue. Only
+    a section that is not a mapping, or a pack that cannot be found, makes the ids unknowable:
+    then the cross-checks are skipped (guessing would add false issues)."""
     if node is None:
-        return DetectorsConfig(source=source), True
+        return DetectorsConfig(source=source), True, frozenset()
     m = c.mapping(node, "detectors", DETECTOR_KEYS)
     if m is None:
-        return DetectorsConfig(source=source), False
+        return DetectorsConfig(source=source), False, frozenset()
+    before = len(c.issues)
     packs: list[str] = []
     prefixes: dict[str, str] = {}
     for n, f in c.items(m.get("packs"), "detectors.packs", empty_ok=True):
@@ -411,11 +421,16 @@ def _detectors(c: "_Checker", node: YNode | None, source: str,
         packs.append(full)
         if prefix:
             prefixes[full] = prefix.lower()
+    packs_ok = len(c.issues) == before
     custom: list[CustomDetector] = []
     seen: dict[str, int] = {}
+    broken: set[str] = set()
     for n, f in c.items(m.get("custom"), "detectors.custom", empty_ok=True):
         det = _custom_detector(c, n, f)
         if det is None:
+            raw_id = n.value.get("id") if n.kind == "map" else None
+            if raw_id is not None and raw_id.kind == "scalar" and isinstance(raw_id.value, str):
+                broken.add(raw_id.value)
             continue
         if det.id in seen:
             c.issue(det.line_of("id"), f + ".id",
@@ -436,7 +451,7 @@ def _detectors(c: "_Checker", node: YNode | None, source: str,
             region = "US"
     return (DetectorsConfig(tuple(packs), tuple(custom), tuple(disable), source,
                             MappingProxyType(prefixes), region),
-            len(c.issues) == before)
+            packs_ok, frozenset(broken))
 
 
 _DETECTOR_ID = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+$")
@@ -655,22 +670,28 @@ def _cross_checks(c: "_Checker", top: dict[str, YNode],
         c.issue(line, "approvals.approvers",
                 "the policy holds flows but nobody may approve them: list approvers")
     for i, r, n in rules:
-        if r.approvals is not None:
+        # an incomplete global list (e.g. a user missing on this host) is reported already
+        if r.approvals is not None and "approvals.approvers" not in c.incomplete:
             check_quorum_fits(c, n.line, f"rules[{i}].approvals", r.approvals,
                               len({a.uid for a in approvals.approvers}))
 
 
 def _check_detector_refs(c: "_Checker", known: DetectorHook, detectors: DetectorsConfig,
-                         rules: list[tuple[int, RuleSpec, YNode]]) -> None:
+                         rules: list[tuple[int, RuleSpec, YNode]],
+                         broken_ids: frozenset[str] = frozenset()) -> None:
     if callable(known):
         try:
             ids = set(known(detectors))
         except ConfigError as exc:
-            c.issues.extend(exc.issues)
-            return
+            c.issues.extend(exc.issues)     # e.g. a custom detector the pack loader refuses
+            try:                            # the rest still answers the rules' references
+                ids = set(known(dc_replace(detectors, custom=())))
+            except ConfigError:
+                return                      # a pack's own problem: its ids are unknowable
     else:
         ids = set(known)  # type: ignore[arg-type]
     ids.update(d.id for d in detectors.custom)
+    ids.update(broken_ids)                  # reported already; not "unknown" to the rules
     custom_cls = {d.id: d.cls for d in detectors.custom}
 
     disabled = {i for i in ids if detectors.is_disabled(i)}
@@ -730,6 +751,9 @@ class _Checker:
         self.top_lines: dict[str, int] = {}
         self.item_lines: dict[str, int] = {}
         self.bad_sections: set[str] = set()
+        # lists that lost entries to issues reported already (e.g. a user missing here):
+        # checks that count their entries would only add follow-on noise
+        self.incomplete: set[str] = set()
 
     def issue(self, line: int | None, field_: str, message: str) -> None:
         self.issues.append(ConfigIssue(self.source, line, field_, message))
@@ -855,7 +879,8 @@ class _Checker:
         s = self.string(node, f)
         if s is None:
             return None
-        example = "127.0.0.1:15001" if family == 4 else "[::1]:15001"
+        port_eg = 9464 if role == "metrics" else 15001     # not the proxy's port for metrics
+        example = f"127.0.0.1:{port_eg}" if family == 4 else f"[::1]:{port_eg}"
         m = re.fullmatch(r"\[([^\]]+)\]:(\d+)" if family == 6 else r"([^:\[\]]+):(\d+)", s)
         try:
             addr = ipaddress.ip_address(m.group(1)) if m else None

@@ -30,13 +30,15 @@ from egressguard import __version__
 from egressguard.config import Config, load_config
 from egressguard.errors import ConfigError, ConfigIssue, EnvironmentProblem
 from egressguard.events import EventBus, audit_record
-from egressguard.model import Destination
+from egressguard.logview import as_key_values, log_fields
+from egressguard.model import Destination, host_port
 from egressguard.policy.evaluate import Policy
 from egressguard.proxy import GuardProxy, Origin, ProxyLimits
 from egressguard.scan.engine import ScanEngine
 from egressguard.scan.mask import mask_span
 from egressguard.scan.pack import all_detectors, enabled_detectors, pack_warnings
 from egressguard.scan.redact import redact_args
+from egressguard.startfail import probes_on_cgroup, probes_outcome, start_failure_reason
 
 log = logging.getLogger("egressguard.daemon")
 
@@ -207,6 +209,7 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
                         registry=registry, probes=probes, metrics=metrics,
                         cgroup_path=mount + config.scope.cgroup,
                         sink_provider=sink_provider or (sinks.status if sinks else None))
+    metrics.policy_loaded_at(state.loaded_at)      # what status shows as the load time
     reloader = Reloader(state, key, bus, compile_config, parse_config, notifier)
     operations = Operations(
         status=state.status, reload=reloader.reload,
@@ -231,6 +234,8 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
     poller: asyncio.Task[None] | None = None
     ticker: asyncio.Task[None] | None = None
     metrics_server: MetricsServer | None = None
+    started = False             # "ready" was reached: the run ends in daemon.stop
+    failure: BaseException | None = None
     try:
         if config.metrics.listen:
             metrics_server = MetricsServer(metrics, config.metrics.listen)
@@ -238,8 +243,8 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
                 metrics_server.start()
             except OSError as exc:
                 metrics_server = None
-                host, port = config.metrics.listen
-                raise EnvironmentProblem(f"cannot serve metrics on {host}:{port} "
+                raise EnvironmentProblem(f"cannot serve metrics on "
+                                         f"{host_port(*config.metrics.listen)} "
                                          f"(metrics.listen): {exc.strerror or exc}") from None
         registry.start()             # resume stored requests and grants (audited)
         channels = await start_channels(config, registry, proxy.all_flows, on_hold_event,
@@ -277,6 +282,7 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
                 f"cannot write the audit log {config.audit.path} (audit.path): the first "
                 f"events were not on disk after {AUDIT_START_TIMEOUT:g}s") from None
         ticker = asyncio.create_task(_tick(state, notifier))
+        started = True
         print("egressguard ready", flush=True)
         notifier.ready(state.status_line())
         log.info("ready cgroup=%s proxy=%s:%d approvals=%s failure_mode=%s adopted=%d",
@@ -284,15 +290,19 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
                  config.approvals.socket, config.failure_mode, len(probes.adopted))
         await stop.wait()
         log.info("stopping")
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         notifier.stopping()
         if attached:
             probes.release()   # closed: stays attached (refusing); open: detached
-            if config.failure_mode == "closed":
-                log.warning("probes stay attached to %s (failure_mode: closed): guarded "
-                            "connections are refused until egressguard runs again; "
-                            "'egressguard detach --config %s' removes them", config.scope.cgroup,
-                            path)
+        left = probes_on_cgroup(state.cgroup_path)
+        if left and config.failure_mode == "closed":
+            log.warning("probes stay attached to %s (failure_mode: closed): guarded "
+                        "connections are refused until egressguard runs again; "
+                        "'egressguard detach --config %s' removes them", config.scope.cgroup,
+                        path)
         for task in (poller, ticker, *reloads):
             if task is not None:
                 task.cancel()
@@ -304,9 +314,14 @@ async def run_daemon(path: str, sink_provider: Any = None) -> int:
             await server.stop()
         if channels is not None:
             await channels.stop()
-        bus.emit("daemon.stop", None, {
-            "pid": os.getpid(),
-            "probes": "kept" if attached and config.failure_mode == "closed" else "detached"})
+        outcome = {"pid": os.getpid(),
+                   "probes": probes_outcome(attached, config.failure_mode),
+                   "programs_attached": left}
+        if started:
+            bus.emit("daemon.stop", None, outcome)
+        else:       # a start that failed: no daemon.start came before this, or it was not
+            bus.emit("daemon.start_failed", None,  # written (the audit flush failed)
+                     {**outcome, "reason": start_failure_reason(failure)})
         inspection.close()
         try:
             await asyncio.wait_for(audit.close(), AUDIT_START_TIMEOUT * 3)
@@ -399,11 +414,5 @@ def _log_event(event: str, flow: Any, fields: dict[str, Any]) -> None:
     if event in ("flow.open", "flow.close", "http.request", "tls.intercept") \
             and not log.isEnabledFor(logging.DEBUG):
         return
-    fid = flow.flow_id if flow is not None else "-"
-    dest = f"{flow.destination.ip}:{flow.destination.port}" if flow is not None else "-"
-    verdict = fields.get("verdict") or {}
-    decision = fields.get("decision") if isinstance(fields.get("decision"), dict) else {}
-    log.info("event=%s flow=%s dest=%s action=%s rule=%s hold=%s outcome=%s", event, fid, dest,
-             verdict.get("action", "-"), verdict.get("rule") or fields.get("rule") or "-",
-             fields.get("hold_id", "-"), decision.get("outcome", "-"))
-
+    view = log_fields(event, flow, fields)
+    log.info("%s", as_key_values(view), extra={"fields": view})

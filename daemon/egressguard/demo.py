@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         ai_api.close()
         paste.close()
     say("\ndemo finished: the daemon stopped, the probes were detached and the demo cgroup "
-        "removed.\nThe audit log stays in " + str(work / "audit.jsonl"))
+        "removed.\nThe audit log of this run stays in " + str(work / "audit.jsonl")
+        + " (the next demo run starts a new one)")
     return 0
 
 

@@ -56,6 +56,7 @@ def build_inspection(config: Any) -> Inspection:
         raise EnvironmentProblem(f"cannot open the ledger {path} (ledger.path): {exc}") from None
     ledger.start()
     selector = InterceptSelector(config.tls.hosts, config.tls.processes,
-                                 config.tls.on_intercept_failure)
+                                 config.tls.on_intercept_failure,
+                                 config.tls.intercept_failure_ttl)
     return Inspection(ca, upstream, selector, Catalog.builtin(), ledger,
                       config.tls.max_decoded_body)

@@ -30,12 +30,17 @@ class KeyValueFormatter(logging.Formatter):
 
 
 class JsonFormatter(KeyValueFormatter):
-    """The same fields as one JSON object per line, for log shippers that parse JSON."""
+    """The same fields as one JSON object per line, for log shippers that parse JSON. An
+    event's line carries the event's fields as JSON fields (msg is the event name)."""
 
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         out = {"time": f"{ts}.{int(record.msecs):03d}Z", "level": record.levelname.lower(),
                "logger": record.name, "msg": record.getMessage()}
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):         # an event (logview): its fields, not a string
+            out["msg"] = fields.get("event", out["msg"])
+            out.update({k: v for k, v in fields.items() if k not in out})
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]            # class and place only, as above
             tb = traceback.extract_tb(exc.__traceback__)

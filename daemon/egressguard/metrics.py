@@ -37,6 +37,7 @@ class StateView(Protocol):
     def open_flows_bytes_up(self) -> int: ...
     def pending_holds(self) -> int: ...
     def held_bytes(self) -> int: ...
+    def intercept_failures(self) -> list[dict[str, Any]]: ...
     def probe_state(self) -> list[dict[str, Any]]: ...
     def sink_status(self) -> list[dict[str, Any]]: ...
 
@@ -53,7 +54,14 @@ class GuardMetrics:
         self.flows = Counter("egressguard_flows", "closed flows by final action",
                              ["action"], registry=r)
         self.bytes = Counter("egressguard_bytes", "bytes of closed flows by direction "
-                             "(up: client to destination, scanned)", ["direction"], registry=r)
+                             "(up: delivered to the destination; down: to the client)",
+                             ["direction"], registry=r)
+        self.tls_passthrough = Counter("egressguard_tls_passthrough", "flows selected for TLS "
+                                       "interception that passed NOT inspected, by reason",
+                                       ["reason"], registry=r)
+        self.tls_failures = Gauge("egressguard_tls_intercept_failures_remembered", "identities "
+                                  "(uid, exe, cgroup, unit, container, host) whose refusal of the "
+                                  "interception certificate is remembered now", registry=r)
         self.scanned = Counter("egressguard_scanned_bytes", "client bytes scanned, open flows "
                                "included (rate() of it is the scan throughput)", registry=r)
         self.detections = Counter("egressguard_detections", "findings by detector and class",
@@ -96,7 +104,7 @@ class GuardMetrics:
             action = flow.verdict.action.value if flow.verdict is not None else "none"
             self.flows.labels(action=action).inc()
             self.bytes.labels(direction="up").inc(int(fields.get("bytes_up") or 0))
-            self._closed_up += int(fields.get("bytes_up") or 0)
+            self._closed_up += int(fields.get("bytes_from_client") or 0)
             self.bytes.labels(direction="down").inc(int(fields.get("bytes_down") or 0))
         elif event == "flow.detect":
             for d in fields.get("detections") or ():
@@ -116,6 +124,8 @@ class GuardMetrics:
                 self.decision_latency.observe(time.monotonic() - opened)
         elif event in _PROXY_ERRORS:
             self.proxy_errors.labels(kind=_PROXY_ERRORS[event]).inc()
+        elif event == "tls.passthrough":
+            self.tls_passthrough.labels(reason=str(fields.get("reason", "?"))).inc()
         elif event == "udp.refused":
             self.udp_refused.inc()
         elif event == "policy.reload":
@@ -128,6 +138,11 @@ class GuardMetrics:
         self.info.info({"version": __version__, "failure_mode": failure_mode,
                         "policy_hash": policy_hash})
 
+    def policy_loaded_at(self, when: float) -> None:
+        """The start's policy counts as loaded too (a reload sets it again when applied):
+        otherwise the gauge reads 0 until the first reload."""
+        self.policy_loaded.set(when)
+
     def refresh(self, state: StateView) -> None:
         """Copy the daemon's live state into gauges (called on the event loop)."""
         self.open_flows.set(state.open_flows())
@@ -139,6 +154,7 @@ class GuardMetrics:
             self._scanned_seen = scanned
         self.pending_holds.set(state.pending_holds())
         self.held_bytes.set(state.held_bytes())
+        self.tls_failures.set(len(state.intercept_failures()))
         for p in state.probe_state():
             self.probe_attached.labels(program=p["program"], hook=p["hook"]).set(
                 1 if p["attached"] else 0)

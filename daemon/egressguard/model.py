@@ -37,6 +37,12 @@ class FlowState(str, enum.Enum):
     CLOSED = "closed"
 
 
+def host_port(host: str, port: int | str) -> str:
+    """`host:port`, with an IPv6 address in brackets (`[::1]:9464`) so it reads as one, and
+    works in a URL."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True)
 class Process:
     """Who opened the connection. pid/uid/gid/comm/cgroup_id come from the kernel at connect time
@@ -196,6 +202,7 @@ class FlowInfo:
     bytes_down: int = 0
     bytes_delivered: int = 0              # bytes the destination was sent (after masks)
     intercepted: bool = False             # TLS opened: bytes are the decrypted HTTP stream
+    tls_passthrough: str = ""             # why a flow selected for interception passed unopened
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -210,4 +217,5 @@ class FlowInfo:
             "bytes_down": self.bytes_down,
             "bytes_delivered": self.bytes_delivered,
             "intercepted": self.intercepted,
+            "tls_passthrough": self.tls_passthrough,
         }

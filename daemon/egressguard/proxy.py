@@ -591,10 +591,16 @@ class FlowHandler:
             flow = self.flow
             if flow.state not in (FlowState.BLOCKED, FlowState.DENIED, FlowState.EXPIRED):
                 flow.state = FlowState.CLOSED
-            self.proxy.bus.emit("flow.close", flow, {
-                "bytes_up": flow.bytes_up, "bytes_down": flow.bytes_down,
+            close: dict[str, Any] = {
+                # up: what reached the destination; from_client: what the client sent us
+                # (a held flow that expired has the second and none of the first).
+                "bytes_up": flow.bytes_delivered, "bytes_from_client": flow.bytes_up,
+                "bytes_down": flow.bytes_down,
                 "state": flow.state.value, "reset": self.reset_reason,
-                "duration_s": round(time.time() - flow.opened_at, 3)})
+                "duration_s": round(time.time() - flow.opened_at, 3)}
+            if flow.tls_passthrough:
+                close["tls_passthrough"] = flow.tls_passthrough
+            self.proxy.bus.emit("flow.close", flow, close)
             self.proxy.flows.pop(flow.flow_id, None)
             self.proxy.recent.append(flow)
 

@@ -364,11 +364,22 @@ class Relay:
 
     def intercept_failed(self, reason: str) -> list[Command]:
         """The client refused our certificate (pinning, or it does not trust the host CA)."""
+        if self.phase is Phase.CLOSED:
+            return []
+        ttl: float | None = None
         if self.interceptor is not None:
             self.interceptor.record_failure(self.flow.process, self.flow.destination.host)
+            ttl = self.interceptor.ttl_s
+        # The flow is cut here and nothing reached the destination: a blocked flow, by the
+        # interception itself (not the connect-time verdict, which no longer describes it).
+        self.flow.verdict = Verdict(Action.BLOCK, "tls.intercept",
+                                    f"client refused the interception certificate: {reason}")
+        self.flow.state = FlowState.BLOCKED
         out: list[Command] = [Emit("tls.intercept_failed", {
             "error": reason,
-            "next_attempts": self.interceptor.on_failure if self.interceptor else "block"})]
+            "next_attempts": self.interceptor.on_failure if self.interceptor else "block",
+            "remembered_for_s": ttl,
+            "remembered_for": "this uid, executable, cgroup, unit and container, this host"})]
         return out + self.abort("client refused the interception certificate")
 
     def abort(self, reason: str) -> list[Command]:
@@ -485,8 +496,18 @@ class Relay:
         host = self._sniffed
         if not self._may_intercept or not host or self.pending[:1] != b"\x16":
             return []
-        from .tls.select import BLOCK, INTERCEPT
+        from .tls.select import BLOCK, INTERCEPT, UNINSPECTED
         choice = self.interceptor.choose(self.flow.process, host)
+        if choice == UNINSPECTED:
+            # Selected for interception, let through unopened because this identity refused
+            # our certificate before (on_intercept_failure: passthrough): never silently.
+            self.flow.tls_passthrough = "intercept_failure"
+            failed_at = self.interceptor.failed_at(self.flow.process, host)
+            return [Emit("tls.passthrough", {
+                "reason": "intercept_failure", "sni": host,
+                "detail": "this identity refused the interception certificate for this host "
+                          "before; tls.on_intercept_failure is passthrough: NOT inspected",
+                "failed_at": failed_at})]
         if choice == BLOCK:
             verdict = Verdict(Action.BLOCK, "tls.on_intercept_failure",
                               "this process refused the interception certificate for this "

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from egressguard import __version__
 from egressguard.metrics import GuardMetrics
+from egressguard.model import host_port
 
 SinkProvider = Callable[[], list[dict[str, Any]]]
 SINK_FIELDS = ("name", "kind", "format", "acked_seq", "lag_events", "last_error")
@@ -51,6 +52,11 @@ class DaemonState:
     def held_bytes(self) -> int:
         return int(getattr(self.proxy, "held_total", 0))
 
+    def intercept_failures(self) -> list[dict[str, Any]]:
+        """Remembered refusals of the interception certificate (tls/select.py)."""
+        selector = getattr(self.proxy, "interceptor", None)
+        return selector.remembered() if selector is not None else []
+
     def probe_state(self) -> list[dict[str, Any]]:
         return self.probes.attachment_state()
 
@@ -81,6 +87,7 @@ class DaemonState:
             "holds": m.value("egressguard_holds_total"),
             "proxy_errors": m.total("egressguard_proxy_errors"),
             "udp_refused": m.value("egressguard_udp_refused_total"),
+            "tls_passthrough": m.total("egressguard_tls_passthrough"),
         }
         for action in ("allow", "mask", "hold", "block", "none"):
             out[f"flows_{action}"] = m.value("egressguard_flows_total", {"action": action})
@@ -111,6 +118,6 @@ class DaemonState:
             "pending_holds": self.pending_holds(),
             "held_bytes": self.held_bytes(),
             "sinks": self.sink_status(),
-            "metrics_listen": (f"{cfg.metrics.listen[0]}:{cfg.metrics.listen[1]}"
-                               if cfg.metrics.listen else ""),
+            "intercept_failures": self.intercept_failures(),
+            "metrics_listen": (host_port(*cfg.metrics.listen) if cfg.metrics.listen else ""),
         }

@@ -75,7 +75,8 @@ class GrantTable:
     def use(self, grant: Grant, flow: FlowInfo, rule: str, detections: list[Detection]) -> None:
         """A flow the grant answers: audited with what it carried."""
         self._on_event(AUDIT_GRANT_USE, {
-            "grant_id": grant.id, "flow_id": flow.flow_id, "scope": grant.scope, "rule": rule,
+            "grant_id": grant.id, "flow_id": flow.flow_id, "hold_id": grant.request_id,
+            "scope": grant.scope, "rule": rule,
             "detections": [d.to_dict() for d in detections], "approvers": grant.approvers,
             "reason": grant.reason, "uses": grant.uses + 1,
             "expires_in_s": round(max(0.0, grant.deadline - time.monotonic()), 3)})

@@ -575,7 +575,9 @@ class HoldRegistry:
         if final_scope != ONCE:
             grant = self._grants.make(
                 scope=final_scope, rule=req.verdict.rule, flow=req.flow, request_id=req.id,
-                approvers=[v.who.to_dict() for v in counted],
+                # who, with what each said: `egressctl grants` shows the votes like pending does
+                approvers=[{**v.who.to_dict(), "reason": v.reason, "scope": v.scope, "at": v.at}
+                           for v in counted],
                 reason="; ".join(v.reason for v in counted),
                 ttls=[v.ttl_s for v in counted if v.ttl_s is not None])
             decision = Decision(approved=True, by_uid=decision.by_uid, by_user=decision.by_user,

@@ -35,7 +35,11 @@ def status_pb(s: dict[str, Any]) -> pb.StatusResponse:
         sinks=[pb.SinkStatus(name=k["name"], kind=k["kind"], format=k["format"],
                              acked_seq=int(k["acked_seq"]), lag_events=int(k["lag_events"]),
                              last_error=k["last_error"]) for k in s["sinks"]],
-        metrics_listen=s["metrics_listen"])
+        metrics_listen=s["metrics_listen"],
+        intercept_failures=[pb.InterceptFailure(
+            uid=max(0, int(f["uid"])), exe=f["exe"], cgroup=f["cgroup"], unit=f["unit"],
+            container=f["container"], host=f["host"], failed_at=f["failed_at"],
+            expires_in_s=f["expires_in_s"]) for f in s.get("intercept_failures", ())])
 
 
 def reload_pb(result: Any) -> pb.ReloadResponse:

@@ -137,7 +137,10 @@ def grant_pb(g: Grant) -> pb.Grant:
                    expires_in_s=max(0.0, g.deadline - time.monotonic()),
                    approvers=[pb.Vote(uid=int(a["uid"]), user=str(a["user"]),
                                       channel=str(a.get("channel", "unix")),
-                                      principal=str(a.get("principal", ""))) for a in g.approvers])
+                                      principal=str(a.get("principal", "")),
+                                      reason=str(a.get("reason", "")),   # absent: older grants
+                                      scope=str(a.get("scope", "")), at=float(a.get("at", 0.0)))
+                              for a in g.approvers])
     if g.destination is not None:
         msg.destination.CopyFrom(pb.Destination(ip=g.destination.ip, port=g.destination.port,
                                                 host=g.destination.host, transport="tcp"))
@@ -148,7 +151,7 @@ def flow_pb(f: FlowInfo) -> pb.Flow:
     msg = pb.Flow(flow_id=f.flow_id, process=process_pb(f.process),
                   destination=destination_pb(f.destination), opened_at=f.opened_at,
                   state=f.state.value, detections=[detection_pb(d) for d in f.detections],
-                  bytes_up=f.bytes_up, bytes_down=f.bytes_down)
+                  bytes_up=f.bytes_delivered, bytes_down=f.bytes_down)   # up: delivered
     if f.verdict is not None:
         msg.verdict.CopyFrom(pb.Verdict(action=f.verdict.action.value, rule=f.verdict.rule,
                                         reason=f.verdict.reason))

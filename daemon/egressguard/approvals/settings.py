@@ -126,10 +126,12 @@ def parse_quorum(c: Any, node: Any, f: str) -> QuorumSpec | None:
         required = v
     approvers: tuple[str, ...] | None = None
     if "approvers" in m:
-        refs = [u for u in (c.user(n, ff) for n, ff in c.items(m["approvers"],
-                                                               f"{f}.approvers")) if u]
+        resolved = [c.user(n, ff) for n, ff in c.items(m["approvers"], f"{f}.approvers")]
+        refs = [u for u in resolved if u]
         approvers = tuple(f"uid:{r.uid}" for r in refs)
-        if len(set(approvers)) < required:
+        # A name that is not a user here is reported on its own; counting without it would
+        # add a misleading "could never be met" that goes away once the users exist.
+        if len(refs) == len(resolved) and len(set(approvers)) < required:
             c.issue(m["approvers"].line, f"{f}.approvers",
                     f"lists {len(set(approvers))} different approver(s) but required is "
                     f"{required}: the quorum could never be met")

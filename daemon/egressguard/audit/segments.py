@@ -43,7 +43,7 @@ def rotated(active_path: str) -> list[Segment]:
     try:
         names = os.listdir(folder)
     except FileNotFoundError:
-        return []
+        return []               # PermissionError goes to the caller: a set it cannot see
     out = []
     for name in names:
         m = pattern.match(name)
@@ -51,6 +51,13 @@ def rotated(active_path: str) -> list[Segment]:
             out.append(Segment(os.path.join(folder, name), int(m.group(1)), False))
     out.sort(key=lambda s: s.first_seq or 0)
     return out
+
+
+def active_of(path: str) -> str | None:
+    """The active file a rotated segment belongs to (`audit.jsonl.000000000017` ->
+    `audit.jsonl`), None when `path` is not named like a segment."""
+    m = re.fullmatch(r"(.+)\.\d{%d,}" % SEQ_DIGITS, path)
+    return m.group(1) if m and os.path.basename(m.group(1)) else None
 
 
 def log_set(active_path: str) -> list[Segment]:

@@ -68,20 +68,46 @@ class SinkSpec:
 
 
 def parse_sinks(c: Any, node: Any, audit_path: str) -> tuple[SinkSpec, ...]:
-    """`c` is config._Checker; `node` the YNode of `audit.sinks`."""
+    """`c` is config._Checker; `node` the YNode of `audit.sinks`.
+
+    Names and file paths are compared on the raw entries, so a duplicate is reported in the
+    same pass as any other problem of the sinks involved."""
     out: list[SinkSpec] = []
     names: dict[str, int] = {}
+    paths: dict[str, tuple[str, int]] = {}
     for item, f in c.items(node, "audit.sinks", empty_ok=True):
         spec = _sink(c, item, f, audit_path)
-        if spec is None:
-            continue
-        if spec.name in names:
-            c.issue(item.line, f"{f}.name", f"{spec.name!r} is already the name of the sink "
-                                             f"on line {names[spec.name]}: names must be unique")
-            continue
-        names[spec.name] = item.line
-        out.append(spec)
+        duplicate = False
+        name = _raw_text(item, "name")
+        if name is not None:
+            if name in names:
+                c.issue(item.line, f"{f}.name", f"{name!r} is already the name of the sink "
+                                                 f"on line {names[name]}: names must be unique")
+                duplicate = True
+            names.setdefault(name, item.line)
+        path = _raw_text(item, "path") if _raw_text(item, "type") == "file" else None
+        if path:
+            full = path if os.path.isabs(path) else os.path.normpath(os.path.join(c.base_dir,
+                                                                                  path))
+            if full in paths:
+                other, line = paths[full]
+                c.issue(item.value["path"].line, f"{f}.path",
+                        f"{full} is also written by the sink {other!r} on line {line}: two "
+                        "writers would interleave their events; give each sink its own file")
+                duplicate = True
+            paths.setdefault(full, (name or "?", item.line))
+        if spec is not None and not duplicate:
+            out.append(spec)
     return tuple(out)
+
+
+def _raw_text(item: Any, key: str) -> str | None:
+    """The plain string under `key` of a sink entry, before validation; None otherwise."""
+    if item.kind != "map":
+        return None
+    n = item.value.get(key)
+    return n.value if n is not None and n.kind == "scalar" and isinstance(n.value, str) \
+        else None
 
 
 def _sink(c: Any, node: Any, f: str, audit_path: str) -> SinkSpec | None:

@@ -232,8 +232,8 @@ def _proc(p: Any) -> str:
 
 
 def _dest(d: Any) -> str:
-    addr = f"[{d.ip}]" if ":" in d.ip else d.ip
-    return f"{d.host}:{d.port} ({d.ip})" if d.host else f"{addr}:{d.port}"
+    from egressguard.model import host_port
+    return f"{d.host}:{d.port} ({d.ip})" if d.host else host_port(d.ip, d.port)
 
 
 def _rating(d: Any) -> str:
@@ -243,9 +243,13 @@ def _rating(d: Any) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def _data(dets: Iterable[Any]) -> str:
+def _data(dets: Iterable[Any], rule: str = "", reason: str = "") -> str:
+    """The findings; with none, the rule that held the flow without content (a destination
+    or a request rule such as `request.class: dataset_export`) and its reason."""
     parts = [f"{d.detector} {d.preview}{_rating(d)}" for d in dets]
-    return "; ".join(parts) if parts else "(no detections: held by destination rule)"
+    if parts:
+        return "; ".join(parts)
+    return f"(no detections: {_why(rule, reason)})" if rule else "(no detections)"
 
 
 def _why(rule: str, reason: str) -> str:
@@ -269,7 +273,7 @@ def hold_text(h: Any) -> str:
         f"  why:   {_why(h.rule, h.reason)}",
         f"  who:   {_who(h.process)}, {_proc(h.process)}",
         f"  where: {_dest(h.destination)}",
-        f"  data:  {_data(h.detections)}",
+        f"  data:  {_data(h.detections, h.rule, h.reason)}",
         f"  flow:  {h.flow_id}",
     ] + extra)
 
@@ -285,7 +289,7 @@ def _event_line(e: Any) -> str:
     if kind == "opened":
         return (f"{when} opened  {h.id}  {_who(h.process)} pid {h.process.pid} "
                 f"{h.process.exe or h.process.comm} -> {_dest(h.destination)}  "
-                f"{_data(h.detections)}  (rule {h.rule}, expires in {_duration(h.expires_in_s)})")
+                f"{_data(h.detections, h.rule, h.reason)}  (rule {h.rule}, expires in {_duration(h.expires_in_s)})")
     d = e.decision
     outcome = _OUTCOME_NAMES.get(d.outcome, "unknown")
     if kind == "decided":
@@ -351,6 +355,8 @@ def _decide(args: argparse.Namespace, client: Client, approve: bool) -> int:
                         f"{d.votes} of {d.required}; it needs another approver"))
         return EXIT_OK
     verb = "approved" if approve else "denied"
+    if approve and args.break_glass:
+        verb = "approved by break-glass (quorum bypassed, audited as critical)"
     print(printable(f"{verb} {d.hold_id} (flow {d.flow_id}) as {d.by_user} (uid {d.by_uid}): "
                     f"{d.reason}"))
     if d.grant_id:
@@ -450,15 +456,29 @@ def cmd_reload(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
+_AS_READER = "; nothing was verified: run as a user who may read the audit log (e.g. root)"
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check the hash chain of an audit log (no daemon needed)."""
     try:
         from egressguard.audit.verify import verify_set
     except ImportError as e:
         raise CtlError(f"audit verify is not available in this installation: {e}", EXIT_USAGE)
-    if not os.path.exists(args.file):
-        raise CtlError(f"no such file: {args.file}", EXIT_USAGE)
+    try:
+        os.stat(args.file)
+    except FileNotFoundError:
+        raise CtlError(f"no such file: {args.file}", EXIT_USAGE) from None
+    except OSError as e:    # e.g. a folder on the way that this user may not enter
+        raise CtlError(f"cannot read {args.file}: {e.strerror or e}{_AS_READER}",
+                       EXIT_USAGE) from None
     result = verify_set(args.file)         # the file and its rotated segments, one chain
+    if getattr(result, "unreadable", False):   # a read error is not evidence of tampering
+        raise CtlError(f"{result.message}{_AS_READER}", EXIT_USAGE)
+    set_of = getattr(result, "set_of", None)
+    if set_of:
+        print(printable(f"note: {args.file} is a rotated segment: checked as part of the "
+                        f"set of {set_of}"))
     if result.ok:
         if result.message.startswith(f"{result.events} events in "):
             print(f"OK: {result.message.split(';')[0]}")
@@ -472,7 +492,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         message = message[len(prefix):]
     file = getattr(result, "file", None)
     where = f"{file}: " if file and file != args.file else ""
-    print(printable(f"TAMPERED: {where}line {result.line}: {message}"))
+    line = f"line {result.line}: " if result.line is not None else ""
+    print(printable(f"TAMPERED: {where}{line}{message}"))
     return EXIT_REFUSED
 
 
@@ -586,9 +607,18 @@ def _tls(args: argparse.Namespace) -> tuple[str, bytes, bytes, bytes] | None:
     return args.server, files[0], files[1], files[2]
 
 
+def _check_usage(args: argparse.Namespace) -> None:
+    """Option combinations argparse cannot express, refused before anything is sent."""
+    if getattr(args, "ttl", None) is not None and getattr(args, "scope", None) == "once":
+        raise CtlError("--ttl sets the lifetime of a grant: it needs --scope "
+                       "process-destination or process (--scope once creates no grant)",
+                       EXIT_USAGE)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_usage(args)
         if getattr(args, "local", False):
             return args.func(args)
         client = Client(args.socket, _tls(args))

@@ -24,6 +24,10 @@ def status_json(s: Any) -> dict[str, Any]:
         "sinks": [{"name": k.name, "kind": k.kind, "format": k.format, "acked_seq": k.acked_seq,
                    "lag_events": k.lag_events, "last_error": k.last_error} for k in s.sinks],
         "metrics_listen": s.metrics_listen,
+        "intercept_failures": [
+            {"uid": f.uid, "exe": f.exe, "cgroup": f.cgroup, "unit": f.unit,
+             "container": f.container, "host": f.host, "failed_at": f.failed_at,
+             "expires_in_s": f.expires_in_s} for f in s.intercept_failures],
     }
 
 
@@ -48,12 +52,22 @@ def status_text(s: Any) -> str:
         f"hold {int(c.get('flows_hold', 0))}, block {int(c.get('flows_block', 0))})",
         f"holds:        {s.pending_holds} pending, {int(c.get('holds', 0))} since start; "
         f"{s.held_bytes} bytes held",
-        f"data:         {int(c.get('bytes_up', 0))} bytes up (scanned), "
+        f"data:         {int(c.get('bytes_up', 0))} bytes up (delivered), "
         f"{int(c.get('bytes_down', 0))} down; {int(c.get('detections', 0))} detections",
         f"errors:       {int(c.get('proxy_errors', 0))} proxy, "
         f"{int(c.get('udp_refused', 0))} UDP refused; reloads: "
         f"{int(c.get('reloads_applied', 0))} applied, {int(c.get('reloads_rejected', 0))} rejected",
     ]
+    lines.append(f"tls:          {int(c.get('tls_passthrough', 0))} flows passed NOT inspected "
+                 f"(on_intercept_failure passthrough); {len(s.intercept_failures)} "
+                 f"refusal(s) remembered")
+    for f in s.intercept_failures:
+        where = ", ".join(x for x in (f.unit and f"unit {f.unit}",
+                                      f.container and f"container {f.container[:12]}",
+                                      f.cgroup and f"cgroup {f.cgroup}") if x)
+        lines.append(f"  refused:    uid {f.uid} {f.exe} -> {f.host}"
+                     + (f" [{where}]" if where else "")
+                     + f", forgotten in {int(f.expires_in_s)}s")
     if s.sinks:
         for k in s.sinks:
             err = f", last error: {k.last_error}" if k.last_error else ""

@@ -88,7 +88,11 @@ def _check(path: str) -> int:
         return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001
         return _unexpected(exc)
+    from egressguard.approvals.sockreach import socket_reach_warning
     from egressguard.scan.pack import pack_warnings
+    reach = socket_reach_warning(loaded.config.approvals.socket, loaded.config.state_dir)
+    if reach:
+        print(f"warning: {path}: {reach}", file=sys.stderr)
     for warning in pack_warnings(loaded.config.detectors):
         # gitleaks rules that could not be imported: the pack works without them.
         print(f"warning: {warning}", file=sys.stderr)

@@ -52,19 +52,37 @@ def run(config: str | None, packs: Sequence[str], as_json: bool, files: Sequence
         print(f"warning: {warning}", file=err)
     found_any = False
     status = EXIT_CLEAN
-    for name in files or ["-"]:
-        try:
-            with _open(name) as stream:
-                for det in scan_stream(engine, stream):
-                    found_any = True
-                    print(_format(name, det, as_json), file=out)
-        except OSError as exc:
-            print(f"error: {name}: {exc.strerror or exc}", file=err)
-            status = EXIT_ERROR
-    out.flush()
+    try:
+        for name in files or ["-"]:
+            try:
+                with _open(name) as stream:
+                    for det in scan_stream(engine, stream):
+                        found_any = True
+                        print(_format(name, det, as_json), file=out)
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                print(f"error: {name}: {exc.strerror or exc}", file=err)
+                status = EXIT_ERROR
+        out.flush()
+    except BrokenPipeError:         # `scan ... | head`: the reader has what it wanted
+        _discard_output(out)
+        return EXIT_FOUND if found_any else EXIT_CLEAN
     if status == EXIT_ERROR:
         return EXIT_ERROR
     return EXIT_FOUND if found_any else EXIT_CLEAN
+
+
+def _discard_output(out: IO[str]) -> None:
+    """After EPIPE: point stdout at /dev/null so the interpreter's final flush of what is still
+    buffered does not fail again and print "Exception ignored ... BrokenPipeError"."""
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError):      # not a real file (tests pass a StringIO)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def build_engine(config: str | None, packs: Sequence[str]) -> tuple[ScanEngine, list[str]]:

@@ -11,6 +11,8 @@ import re
 import time
 from typing import Any
 
+from egressguard.model import host_port
+
 _SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 3600}
 
@@ -74,9 +76,21 @@ def ledger_flow_json(f: Any) -> dict[str, Any]:
         "rule": f.rule, "state": f.state, "intercepted": f.intercepted,
         "requests": f.requests, "models": list(f.models),
         "endpoint_kinds": list(f.endpoint_kinds), "approval_id": f.approval_id,
+        "tls_passthrough": f.tls_passthrough,
         "detections": [{"detector": x.detector, "class": x.data_class, "count": x.count,
                         "fields": list(x.fields)} for x in f.detections],
     }
+
+
+def _action(f: Any) -> str:
+    """The policy's action, then how an approval request (if any) and TLS ended for the flow:
+    `hold (h-1a2b, closed)`, `hold (h-1a2b, denied)`, `allow NOT INSPECTED (intercept_failure)`."""
+    text = f.action or "-"
+    if f.approval_id:
+        text += f" ({f.approval_id}, {f.state})"
+    if f.tls_passthrough:
+        text += f" NOT INSPECTED ({f.tls_passthrough})"
+    return text
 
 
 def cmd_ledger_flows(args: argparse.Namespace, client: Any) -> int:
@@ -96,8 +110,8 @@ def cmd_ledger_flows(args: argparse.Namespace, client: Any) -> int:
         rows.append((
             time.strftime("%H:%M:%S", time.localtime(f.closed_at)), f.flow_id,
             f.process.user or f"uid:{f.process.uid}", (f.process.exe or f.process.comm)[-28:],
-            f"{d.host or d.ip}:{d.port}", d.provider or "-", ",".join(f.models) or "-",
-            ",".join(f.endpoint_kinds) or "-", f.action or "-",
+            host_port(d.host or d.ip, d.port), d.provider or "-", ",".join(f.models) or "-",
+            ",".join(f.endpoint_kinds) or "-", _action(f),
             ",".join(f"{x.detector}x{x.count}" for x in f.detections) or "-",
             f"{f.bytes_up}/{f.bytes_down}"))
     print(_table(rows))

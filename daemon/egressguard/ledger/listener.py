@@ -17,6 +17,9 @@ from egressguard.ledger.store import FlowRow, LedgerStore
 from egressguard.model import FlowInfo
 
 MAX_OPEN = 100_000          # accumulators for flows whose close never came (bounded)
+_APPROVAL_ID = {"flow.hold": "hold_id", "approval.use": "hold_id",
+                "approval.denied_retry": "hold_id", "approval.repeat": "hold_id",
+                "grant.use": "hold_id"}
 
 
 @dataclass
@@ -44,7 +47,7 @@ class LedgerListener:
         if event == "flow.close":
             self.store.add(self._row(flow, self._open.pop(flow.flow_id, _Acc())))
             return
-        if event not in ("http.request", "flow.detect", "flow.hold"):
+        if event not in ("http.request", "flow.detect") and event not in _APPROVAL_ID:
             return
         acc = self._open.get(flow.flow_id)
         if acc is None:
@@ -62,8 +65,10 @@ class LedgerListener:
             for d in fields.get("detections") or ():
                 if d.get("field"):
                     _add(acc.fields.setdefault(d["detector"], []), d["field"])
-        elif event == "flow.hold":
-            acc.hold_id = str(fields.get("hold_id") or acc.hold_id)
+        else:
+            # The approval request that decided the flow: its own hold, the `once` approval
+            # it used, the denial it retried, or the request a grant it used came from.
+            acc.hold_id = str(fields.get(_APPROVAL_ID[event]) or acc.hold_id)
 
     @staticmethod
     def _row(flow: FlowInfo, acc: _Acc) -> FlowRow:
@@ -81,6 +86,7 @@ class LedgerListener:
             "state": flow.state.value, "intercepted": int(flow.intercepted),
             "requests": acc.requests, "models": ",".join(acc.models),
             "endpoint_kinds": ",".join(acc.kinds), "approval_id": acc.hold_id,
+            "tls_passthrough": flow.tls_passthrough,
         }
         counts = Counter((det.detector, det.cls) for det in flow.detections)
         dets = [(det, cls, n, "\n".join(acc.fields.get(det, [])))

@@ -20,6 +20,11 @@ GROUPS = {
     "class": "d.class",
 }
 
+# One definition of "blocked" and "held" for every grouping: a held flow is one a hold rule
+# acted on (whatever its outcome), or one an approval request answered.
+BLOCKED = "f.action = 'block'"
+HELD = "(f.action = 'hold' OR f.approval_id != '')"
+
 
 def _where(since_s: float, uid: int | None, provider: str = "", host: str = "") -> tuple[str, list[Any]]:
     clauses, args = ["f.closed_at >= ?"], [time.time() - since_s]
@@ -45,7 +50,10 @@ def usage(path: str, by: str, since_s: float, uid: int | None) -> list[dict[str,
     try:
         if by == "class":
             sql = (f"SELECT d.class AS key, COUNT(DISTINCT f.flow_id) AS flows, "
-                   f"SUM(d.count) AS detections FROM flows f JOIN flow_detections d "
+                   f"SUM(d.count) AS detections, "
+                   f"COUNT(DISTINCT CASE WHEN {BLOCKED} THEN f.flow_id END) AS blocked, "
+                   f"COUNT(DISTINCT CASE WHEN {HELD} THEN f.flow_id END) AS held "
+                   f"FROM flows f JOIN flow_detections d "
                    f"ON d.flow_id = f.flow_id WHERE {where} GROUP BY d.class ORDER BY key")
             rows = [dict(r) for r in conn.execute(sql, args)]
             for r in rows:
@@ -54,8 +62,8 @@ def usage(path: str, by: str, since_s: float, uid: int | None) -> list[dict[str,
         key = GROUPS[by]
         sql = (f"SELECT {key} AS key, COUNT(*) AS flows, SUM(f.bytes_up) AS bytes_up, "
                f"SUM(f.bytes_down) AS bytes_down, SUM(f.requests) AS requests, "
-               f"SUM(CASE WHEN f.action = 'block' THEN 1 ELSE 0 END) AS blocked, "
-               f"SUM(CASE WHEN f.approval_id != '' THEN 1 ELSE 0 END) AS held "
+               f"SUM(CASE WHEN {BLOCKED} THEN 1 ELSE 0 END) AS blocked, "
+               f"SUM(CASE WHEN {HELD} THEN 1 ELSE 0 END) AS held "
                f"FROM flows f WHERE {where} GROUP BY key ORDER BY bytes_up DESC, key")
         rows = [dict(r) for r in conn.execute(sql, args)]
         found = dict(conn.execute(

@@ -4,6 +4,7 @@ Who sees what: approvers every flow, anyone else only flows their own uid opened
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import grpc
@@ -37,9 +38,21 @@ async def ledger_flows(ledger_path: str | None, all_users: bool, uid: int,
                        context: grpc.aio.ServicerContext) -> pb.LedgerFlowsResponse:
     await _require(ledger_path, context)
     since = request.since_s if request.since_s > 0 else DAY
+    known = _provider_ids()
+    if request.provider and request.provider not in known:
+        # Rules refuse unknown provider ids; a filter that can never match says so too.
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"unknown provider {request.provider!r}: the endpoint catalog "
+                            f"knows {', '.join(sorted(known))}")
     rows = await asyncio.to_thread(query.flows, ledger_path, since, None if all_users else uid,
                                    request.provider, request.host, request.limit or 1000)
     return pb.LedgerFlowsResponse(all_users=all_users, flows=[_flow(r) for r in rows])
+
+
+@functools.lru_cache(maxsize=1)
+def _provider_ids() -> frozenset[str]:
+    from egressguard.catalog import Catalog
+    return Catalog.builtin().ids
 
 
 def _flow(r: dict[str, Any]) -> pb.LedgerFlow:
@@ -55,7 +68,7 @@ def _flow(r: dict[str, Any]) -> pb.LedgerFlow:
         rule=r["rule"] or "", state=r["state"] or "", intercepted=bool(r["intercepted"]),
         requests=r["requests"], models=[m for m in (r["models"] or "").split(",") if m],
         endpoint_kinds=[k for k in (r["endpoint_kinds"] or "").split(",") if k],
-        approval_id=r["approval_id"] or "",
+        approval_id=r["approval_id"] or "", tls_passthrough=r.get("tls_passthrough") or "",
         detections=[pb.LedgerDetection(detector=d["detector"], data_class=d["class"],
                                        count=d["count"], fields=d["fields"])
                     for d in r["detections"]])

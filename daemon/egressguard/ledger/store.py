@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS flows (
   dst_ip TEXT, dst_port INTEGER, host TEXT, provider TEXT, alpn TEXT,
   bytes_up INTEGER NOT NULL, bytes_down INTEGER NOT NULL, bytes_from_client INTEGER NOT NULL,
   action TEXT, rule TEXT, state TEXT, intercepted INTEGER NOT NULL,
-  requests INTEGER NOT NULL, models TEXT, endpoint_kinds TEXT, approval_id TEXT
+  requests INTEGER NOT NULL, models TEXT, endpoint_kinds TEXT, approval_id TEXT,
+  tls_passthrough TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS flows_closed ON flows(closed_at);
 CREATE TABLE IF NOT EXISTS flow_detections (
@@ -40,7 +41,9 @@ CREATE TABLE IF NOT EXISTS flow_detections (
 FLOW_COLUMNS = ("flow_id", "opened_at", "closed_at", "pid", "uid", "user", "exe", "comm", "unit",
                 "container", "dst_ip", "dst_port", "host", "provider", "alpn", "bytes_up", "bytes_down",
                 "bytes_from_client", "action", "rule", "state", "intercepted", "requests",
-                "models", "endpoint_kinds", "approval_id")
+                "models", "endpoint_kinds", "approval_id", "tls_passthrough")
+# Columns added after the first release: (name, definition) for ALTER TABLE on older files.
+ADDED_COLUMNS = (("tls_passthrough", "TEXT NOT NULL DEFAULT ''"),)
 
 
 @dataclass
@@ -56,6 +59,15 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """A ledger written by an older version lacks later columns: add them (rows keep the
+    default), so upgrading never needs the file deleted."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(flows)")}
+    for name, definition in ADDED_COLUMNS:
+        if name not in have:
+            conn.execute(f"ALTER TABLE flows ADD COLUMN {name} {definition}")
+
+
 class LedgerStore:
     """Owns the database file and its writer thread."""
 
@@ -68,6 +80,7 @@ class LedgerStore:
         conn = connect(path)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(SCHEMA)
+        _add_missing_columns(conn)
         conn.commit()
         conn.close()
         self._queue: queue.SimpleQueue[FlowRow | str | threading.Event | None] = \

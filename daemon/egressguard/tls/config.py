@@ -8,7 +8,8 @@ from typing import Any
 
 from egressguard.policy.rules import ProcessCond
 
-TLS_KEYS = ("intercept", "on_intercept_failure", "upstream_ca_file", "max_decoded_body")
+TLS_KEYS = ("intercept", "on_intercept_failure", "intercept_failure_ttl", "upstream_ca_file",
+            "max_decoded_body")
 INTERCEPT_KEYS = ("hosts", "processes")
 
 
@@ -19,6 +20,7 @@ class TlsConfig:
     on_intercept_failure: str = "block"          # block | passthrough
     upstream_ca_file: str | None = None          # extra CA bundle for upstream verification
     max_decoded_body: int = 16 * 1024 * 1024
+    intercept_failure_ttl: float = 3600.0       # how long one identity's refusal is remembered
 
     @property
     def enabled(self) -> bool:
@@ -53,6 +55,9 @@ def parse_tls(c: Any, node: Any, process_cond: Any) -> TlsConfig:
     if "on_intercept_failure" in m:
         failure = c.choice(m["on_intercept_failure"], "tls.on_intercept_failure",
                            ("block", "passthrough")) or failure
+    ttl = d.intercept_failure_ttl
+    if "intercept_failure_ttl" in m:
+        ttl = c.duration(m["intercept_failure_ttl"], "tls.intercept_failure_ttl") or ttl
     ca_file = None
     if "upstream_ca_file" in m:
         ca_file = c.path(m["upstream_ca_file"], "tls.upstream_ca_file")
@@ -64,4 +69,4 @@ def parse_tls(c: Any, node: Any, process_cond: Any) -> TlsConfig:
     size = d.max_decoded_body
     if "max_decoded_body" in m:
         size = c.size(m["max_decoded_body"], "tls.max_decoded_body") or size
-    return TlsConfig(tuple(hosts), tuple(procs), failure, ca_file, size)
+    return TlsConfig(tuple(hosts), tuple(procs), failure, ca_file, size, ttl)

@@ -400,7 +400,7 @@ class LedgerDetection(_message.Message):
     def __init__(self, detector: _Optional[str] = ..., data_class: _Optional[str] = ..., count: _Optional[int] = ..., fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LedgerFlow(_message.Message):
-    __slots__ = ("flow_id", "opened_at", "closed_at", "process", "destination", "bytes_up", "bytes_down", "action", "rule", "state", "intercepted", "requests", "models", "endpoint_kinds", "approval_id", "detections")
+    __slots__ = ("flow_id", "opened_at", "closed_at", "process", "destination", "bytes_up", "bytes_down", "action", "rule", "state", "intercepted", "requests", "models", "endpoint_kinds", "approval_id", "detections", "tls_passthrough")
     FLOW_ID_FIELD_NUMBER: _ClassVar[int]
     OPENED_AT_FIELD_NUMBER: _ClassVar[int]
     CLOSED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -417,6 +417,7 @@ class LedgerFlow(_message.Message):
     ENDPOINT_KINDS_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
     DETECTIONS_FIELD_NUMBER: _ClassVar[int]
+    TLS_PASSTHROUGH_FIELD_NUMBER: _ClassVar[int]
     flow_id: str
     opened_at: float
     closed_at: float
@@ -433,7 +434,8 @@ class LedgerFlow(_message.Message):
     endpoint_kinds: _containers.RepeatedScalarFieldContainer[str]
     approval_id: str
     detections: _containers.RepeatedCompositeFieldContainer[LedgerDetection]
-    def __init__(self, flow_id: _Optional[str] = ..., opened_at: _Optional[float] = ..., closed_at: _Optional[float] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., destination: _Optional[_Union[Destination, _Mapping]] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., action: _Optional[str] = ..., rule: _Optional[str] = ..., state: _Optional[str] = ..., intercepted: _Optional[bool] = ..., requests: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., endpoint_kinds: _Optional[_Iterable[str]] = ..., approval_id: _Optional[str] = ..., detections: _Optional[_Iterable[_Union[LedgerDetection, _Mapping]]] = ...) -> None: ...
+    tls_passthrough: str
+    def __init__(self, flow_id: _Optional[str] = ..., opened_at: _Optional[float] = ..., closed_at: _Optional[float] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., destination: _Optional[_Union[Destination, _Mapping]] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., action: _Optional[str] = ..., rule: _Optional[str] = ..., state: _Optional[str] = ..., intercepted: _Optional[bool] = ..., requests: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., endpoint_kinds: _Optional[_Iterable[str]] = ..., approval_id: _Optional[str] = ..., detections: _Optional[_Iterable[_Union[LedgerDetection, _Mapping]]] = ..., tls_passthrough: _Optional[str] = ...) -> None: ...
 
 class LedgerFlowsResponse(_message.Message):
     __slots__ = ("flows", "all_users")
@@ -476,7 +478,7 @@ class SinkStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., format: _Optional[str] = ..., acked_seq: _Optional[int] = ..., lag_events: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "pid", "started_at", "uptime_s", "config", "scope_cgroup", "cgroup_path", "failure_mode", "probes", "policy_hash", "policy_loaded_at", "rules", "detectors", "counters", "open_flows", "pending_holds", "held_bytes", "sinks", "metrics_listen")
+    __slots__ = ("version", "pid", "started_at", "uptime_s", "config", "scope_cgroup", "cgroup_path", "failure_mode", "probes", "policy_hash", "policy_loaded_at", "rules", "detectors", "counters", "open_flows", "pending_holds", "held_bytes", "sinks", "metrics_listen", "intercept_failures")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -503,6 +505,7 @@ class StatusResponse(_message.Message):
     HELD_BYTES_FIELD_NUMBER: _ClassVar[int]
     SINKS_FIELD_NUMBER: _ClassVar[int]
     METRICS_LISTEN_FIELD_NUMBER: _ClassVar[int]
+    INTERCEPT_FAILURES_FIELD_NUMBER: _ClassVar[int]
     version: str
     pid: int
     started_at: float
@@ -522,7 +525,8 @@ class StatusResponse(_message.Message):
     held_bytes: int
     sinks: _containers.RepeatedCompositeFieldContainer[SinkStatus]
     metrics_listen: str
-    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., uptime_s: _Optional[float] = ..., config: _Optional[str] = ..., scope_cgroup: _Optional[str] = ..., cgroup_path: _Optional[str] = ..., failure_mode: _Optional[str] = ..., probes: _Optional[_Iterable[_Union[ProbeStatus, _Mapping]]] = ..., policy_hash: _Optional[str] = ..., policy_loaded_at: _Optional[float] = ..., rules: _Optional[int] = ..., detectors: _Optional[int] = ..., counters: _Optional[_Mapping[str, float]] = ..., open_flows: _Optional[int] = ..., pending_holds: _Optional[int] = ..., held_bytes: _Optional[int] = ..., sinks: _Optional[_Iterable[_Union[SinkStatus, _Mapping]]] = ..., metrics_listen: _Optional[str] = ...) -> None: ...
+    intercept_failures: _containers.RepeatedCompositeFieldContainer[InterceptFailure]
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., uptime_s: _Optional[float] = ..., config: _Optional[str] = ..., scope_cgroup: _Optional[str] = ..., cgroup_path: _Optional[str] = ..., failure_mode: _Optional[str] = ..., probes: _Optional[_Iterable[_Union[ProbeStatus, _Mapping]]] = ..., policy_hash: _Optional[str] = ..., policy_loaded_at: _Optional[float] = ..., rules: _Optional[int] = ..., detectors: _Optional[int] = ..., counters: _Optional[_Mapping[str, float]] = ..., open_flows: _Optional[int] = ..., pending_holds: _Optional[int] = ..., held_bytes: _Optional[int] = ..., sinks: _Optional[_Iterable[_Union[SinkStatus, _Mapping]]] = ..., metrics_listen: _Optional[str] = ..., intercept_failures: _Optional[_Iterable[_Union[InterceptFailure, _Mapping]]] = ...) -> None: ...
 
 class ReloadRequest(_message.Message):
     __slots__ = ()
@@ -539,3 +543,23 @@ class ReloadResponse(_message.Message):
     previous_hash: str
     errors: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, outcome: _Optional[str] = ..., policy_hash: _Optional[str] = ..., previous_hash: _Optional[str] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class InterceptFailure(_message.Message):
+    __slots__ = ("uid", "exe", "cgroup", "unit", "container", "host", "failed_at", "expires_in_s")
+    UID_FIELD_NUMBER: _ClassVar[int]
+    EXE_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    FAILED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    uid: int
+    exe: str
+    cgroup: str
+    unit: str
+    container: str
+    host: str
+    failed_at: float
+    expires_in_s: float
+    def __init__(self, uid: _Optional[int] = ..., exe: _Optional[str] = ..., cgroup: _Optional[str] = ..., unit: _Optional[str] = ..., container: _Optional[str] = ..., host: _Optional[str] = ..., failed_at: _Optional[float] = ..., expires_in_s: _Optional[float] = ...) -> None: ...

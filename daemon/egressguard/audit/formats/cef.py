@@ -84,6 +84,7 @@ def _name(kind: str, action: str) -> str:
              "udp.refused": "UDP refused", "approval.refused": "approval refused",
              "proxy.unknown_origin": "connection of unknown origin reset",
              "daemon.start": "egressguard started", "daemon.stop": "egressguard stopped",
+             "daemon.start_failed": "egressguard failed to start",
              "audit.chain_reset": "audit chain reset"}
     name = names.get(kind, kind)
     return f"{name}: {action}" if action and kind in ("flow.detect", "flow.decision") else name
