@@ -265,8 +265,9 @@ def test_pinned_client_fails_is_audited_and_next_attempt_blocked(world: dict) ->
     assert ev[0]["next_attempts"] == "block"
     again = run_agent(world, "api.cohere.com", [post("/v1/chat", chat("hi"))])
     assert again["error"], again
-    assert any(e["event"] == "flow.block" and e.get("rule") == "tls.on_intercept_failure"
-               for e in audit(host))
+    assert wait_for(lambda: any(e["event"] == "flow.block"
+                                and e.get("rule") == "tls.on_intercept_failure"
+                                for e in audit(host)))
     assert not server.requests
     # The refusal is remembered for that identity only: another uid running the same program
     # is still intercepted (not denied because of someone else's handshake).
@@ -279,8 +280,9 @@ def test_pinned_client_fails_is_audited_and_next_attempt_blocked(world: dict) ->
         (65534, "api.cohere.com")]
     assert 3500 < status["intercept_failures"][0]["expires_in_s"] <= 3600
     # The failed handshake's flow is a blocked flow in the ledger, by the interception.
-    (row,) = [f for f in ledger_flows(host, "--since", "1h", "--host", "api.cohere.com")
-              if f["flow_id"] == ev[0]["flow_id"]]
+    (row,) = wait_for(lambda: [f for f in ledger_flows(host, "--since", "1h", "--host",
+                                                       "api.cohere.com")
+                               if f["flow_id"] == ev[0]["flow_id"]])
     assert (row["action"], row["rule"], row["state"]) == ("block", "tls.intercept", "blocked")
 
 

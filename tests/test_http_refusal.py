@@ -125,3 +125,49 @@ def test_plaintext_http_hold_is_still_reset() -> None:
     out = r.decided(WAITED)
     assert isinstance(out[-1], Reset) and not [c for c in out if isinstance(c, SendClient)]
     assert upstream(cmds + out) == b""
+
+
+def test_a_request_goes_out_whole_not_head_first() -> None:
+    """The head of a request whose body is still arriving waits for the body's scan, so a
+    request held for a finding in its body leaves nothing upstream, not even its head (an
+    HTTP client writes head and body separately, and pauses between them)."""
+    r = intercepting_relay(HOLD_SECRETS)
+    r.start()
+    cmds = r.client_data(real_client_hello("api.openai.com")) + r.upstream_connected()
+    body = chat(f"deploy with {KEY}")
+    request = post(body)
+    head, rest = request[:len(request) - len(body)], body
+    cmds += r.client_data(head) + r.client_idle(final=False)
+    assert upstream(cmds) == b""                       # the client paused: still nothing
+    cmds += r.client_data(rest)
+    assert [c for c in cmds if isinstance(c, Hold)] and upstream(cmds) == b""
+    after = r.decided(APPROVED) + r.client_idle(final=False)
+    assert upstream(after) == request                  # approved: all of it, once
+
+
+def test_a_clean_request_in_two_writes_goes_out_whole_at_once() -> None:
+    r = intercepting_relay(HOLD_SECRETS)
+    r.start()
+    r.client_data(real_client_hello("api.openai.com"))
+    r.upstream_connected()
+    request = post(chat("nothing secret here"))
+    split = request.index(b"\r\n\r\n") + 4
+    first = r.client_data(request[:split]) + r.client_idle(final=False)
+    assert upstream(first) == b""
+    assert upstream(r.client_data(request[split:]) + r.client_idle(final=False)) == request
+
+
+def test_a_long_pause_mid_body_releases_what_was_scanned() -> None:
+    """A client that waits mid-request (Expect: 100-continue, a slow stream) is not stalled:
+    after the settle pause the scanned part goes out."""
+    r = intercepting_relay(HOLD_SECRETS)
+    r.start()
+    r.client_data(real_client_hello("api.openai.com"))
+    r.upstream_connected()
+    request = post(chat("nothing secret here"))
+    split = request.index(b"\r\n\r\n") + 4
+    r.client_data(request[:split])
+    out = upstream(r.client_idle(final=False) + r.client_idle(final=True))
+    assert out == request[:split]
+    assert upstream(r.client_data(request[split:]) + r.client_idle(final=True)) == \
+        request[split:]

@@ -673,6 +673,12 @@ class HttpRequestCodec:
         return bytes(out)
 
     @property
+    def open_request_start(self) -> int | None:
+        """The view offset of the request whose head is complete and whose body is still
+        arriving, or None between requests."""
+        return self._req.view_start if self._req is not None else None
+
+    @property
     def holding(self) -> bool:
         """True while wire bytes are still owed (a held message, framing not yet sent)."""
         return any(not (isinstance(i, _Verbatim) and i.done == i.n) for i in self._items)

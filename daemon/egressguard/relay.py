@@ -89,6 +89,7 @@ class Emit:
     fields: dict[str, Any]
 
 
+WHOLE_REQUEST_CAP = 16 * 1024 * 1024   # keep a request whole up to this, without proxy.max_held_bytes
 MAX_FIELDS = 16          # JSON field paths listed per detector and request
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
 _MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,64}/[a-z0-9!#$&^_.+-]{1,64}")
@@ -186,6 +187,7 @@ class Relay:
     catalog: Any = None               # catalog.Catalog (None: no provider labels)
     max_decoded: int = 16 * 1024 * 1024
     max_held: int | None = None       # proxy.max_held_bytes: the HTTP codec's cap too
+    _let_out_request: int | None = None   # view start of an open request a pause released
     phase: Phase = Phase.SNIFFING
     pending: bytearray = field(default_factory=bytearray)   # received, not yet forwarded
     forwarded: int = 0                # absolute offset of pending[0]
@@ -285,6 +287,10 @@ class Relay:
         protocols must not deadlock on the hold-back window."""
         if self.phase in (Phase.CLOSED, Phase.SNIFFING) or not self.pending:
             return []
+        if final and self.codec is not None:
+            # A request whose body stops arriving (a client waiting on `Expect: 100-continue`,
+            # a slow streamed upload) is released as it is scanned after this pause.
+            self._let_out_request = self.codec.open_request_start
         return self._after_detections(self.stream.flush_idle(final))
 
     def client_eof(self) -> list[Command]:
@@ -787,6 +793,8 @@ class Relay:
                 and not self.client_done:
             return []      # a host rule may still apply once the name is complete
         safe = min(self.stream.safe_offset, self.forwarded + len(self.pending))
+        if self.codec is not None and not self.client_done:
+            safe = self._whole_request_limit(safe)
         out: list[Command] = []
         n = safe - self.forwarded
         chunk = b""
@@ -810,6 +818,20 @@ class Relay:
             self.half_closed = True
             out.append(HalfCloseUpstream())
         return out
+
+    def _whole_request_limit(self, safe: int) -> int:
+        """An intercepted HTTP request goes out whole once its body is scanned, not head first:
+        so a request held for a finding in its body leaves nothing at the destination, not
+        even its head. Released as scanned only once the client pauses for
+        `proxy.partial_wait` in the middle of the body, or the request outgrows
+        `proxy.max_held_bytes` (it cannot be kept whole). A compressed request needs nothing
+        here: the codec keeps it whole, head included, until it is complete."""
+        assert self.codec is not None
+        start = self.codec.open_request_start
+        if start is None or self.codec.receiving_whole or start == self._let_out_request or \
+                len(self.pending) >= (self.max_held or WHOLE_REQUEST_CAP):
+            return safe
+        return min(safe, max(start, self.forwarded))
 
     def _reset(self, reason: str) -> list[Command]:
         if self.flow.state not in (FlowState.DENIED, FlowState.EXPIRED):
