@@ -171,3 +171,23 @@ def test_a_long_pause_mid_body_releases_what_was_scanned() -> None:
     assert out == request[:split]
     assert upstream(r.client_data(request[split:]) + r.client_idle(final=True)) == \
         request[split:]
+
+
+def test_a_request_larger_than_max_held_streams_once_it_outgrows_the_cap() -> None:
+    """Kept whole only up to proxy.max_held_bytes: past it the request streams as it is scanned
+    (and is not withheld again for the rest of its body)."""
+    from tests.test_inspection_units import redacting_relay
+    r = redacting_relay(HOLD_SECRETS, max_held=64 * 1024)
+    body = b"x" * (512 * 1024)
+    request = post(body)
+    head_end = request.index(b"\r\n\r\n") + 4
+    sent = upstream(r.client_data(request[:head_end + 32 * 1024]) + r.client_idle(final=False))
+    assert sent == b""                                  # under the cap: kept whole
+    sent += upstream(r.client_data(request[head_end + 32 * 1024:head_end + 128 * 1024])
+                     + r.client_idle(final=False))
+    assert len(sent) > 64 * 1024                        # past it: streaming
+    for at in range(head_end + 128 * 1024, len(request), 16 * 1024):
+        step = upstream(r.client_data(request[at:at + 16 * 1024]) + r.client_idle(final=False))
+        assert step, "a request that streams is never withheld again"
+        sent += step
+    assert sent == request

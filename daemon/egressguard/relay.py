@@ -828,8 +828,10 @@ class Relay:
         here: the codec keeps it whole, head included, until it is complete."""
         assert self.codec is not None
         start = self.codec.open_request_start
-        if start is None or self.codec.receiving_whole or start == self._let_out_request or \
-                len(self.pending) >= (self.max_held or WHOLE_REQUEST_CAP):
+        if start is None or self.codec.receiving_whole or start == self._let_out_request:
+            return safe
+        if len(self.pending) >= (self.max_held or WHOLE_REQUEST_CAP):
+            self._let_out_request = start        # too large to keep whole: it streams from now on
             return safe
         return min(safe, max(start, self.forwarded))
 
