@@ -104,13 +104,7 @@ class GuardedHost:
         """SIGTERM, wait, SIGKILL if needed. Returns the exit code."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc, timeout)
         if self._reader is not None:
             self._reader.join(5)
         code = self.proc.returncode
@@ -204,6 +198,17 @@ def base_config(workdir: Path, **overrides: Any) -> dict[str, Any]:
     }
     cfg.update(overrides)
     return cfg
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float, kill_wait: float = 10.0) -> None:
+    """SIGTERM, wait up to `timeout`, then SIGKILL: a process we started never outlives us."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(kill_wait)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -19,7 +19,6 @@ import ipaddress
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import threading
@@ -27,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from egressguard.harness import free_port
+from egressguard.harness import free_port, terminate
 
 SEQ = re.compile(rb'seq="(\d+)"')
 
@@ -161,13 +160,7 @@ class Rsyslog:
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc, timeout, kill_wait=5)
         self.proc = None
 
     def lines(self) -> list[bytes]:
